@@ -1,0 +1,177 @@
+"""Checks of every argument, done before any I/O, with messages that say what to fix."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ._errors import ConfigurationError, ConfigurationTypeError
+from ._quorum import DRIFT_FLOOR, clock_drift
+
+#: Default lock lifetime in seconds.
+DEFAULT_TTL = 10.0
+#: Default drift factor: 1% of the TTL, plus 2 ms.
+DEFAULT_DRIFT_FACTOR = 0.01
+#: Default per-node timeout, as a fraction of the TTL (redsync uses the same idea).
+NODE_TIMEOUT_FACTOR = 0.05
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated settings of one :class:`AsyncRedlock`. Durations in seconds."""
+
+    ttl: float = DEFAULT_TTL
+    node_timeout: float | None = None
+    drift_factor: float = DEFAULT_DRIFT_FACTOR
+    retry_count: int | None = None
+    retry_delay: float = 0.05
+    retry_delay_max: float = 1.0
+    retry_jitter: float = 0.5
+    key_prefix: bytes = b""
+
+    def __post_init__(self) -> None:
+        factor = self.drift_factor
+        number("drift_factor", factor)
+        if not 0 <= factor < 0.5:
+            raise ConfigurationError(
+                f"drift_factor must be in [0, 0.5), got {factor!r}: it is the share of "
+                "the TTL assumed lost to clock drift (default 0.01)"
+            )
+        check_ttl(self.ttl, factor)
+        if self.node_timeout is not None:
+            positive("node_timeout", self.node_timeout)
+        if self.retry_count is not None:
+            if isinstance(self.retry_count, bool) or not isinstance(
+                self.retry_count, int
+            ):
+                raise ConfigurationTypeError(
+                    f"retry_count must be an int or None, got {self.retry_count!r}"
+                )
+            if self.retry_count < 0:
+                raise ConfigurationError(
+                    f"retry_count must be >= 0 (or None for no limit), "
+                    f"got {self.retry_count}"
+                )
+        non_negative("retry_delay", self.retry_delay)
+        non_negative("retry_delay_max", self.retry_delay_max)
+        if self.retry_delay_max < self.retry_delay:
+            raise ConfigurationError(
+                f"retry_delay_max ({self.retry_delay_max}) must be >= retry_delay "
+                f"({self.retry_delay})"
+            )
+        non_negative("retry_jitter", self.retry_jitter)
+        if self.retry_jitter > 1:
+            raise ConfigurationError(
+                f"retry_jitter must be in [0, 1] (a share of each delay), "
+                f"got {self.retry_jitter}"
+            )
+
+    def node_timeout_for(self, ttl: float) -> float:
+        """The per-node timeout for a lock of this TTL: the configured one, or a
+        fraction of the TTL; never more than the TTL's validity budget."""
+        budget = ttl - clock_drift(ttl, self.drift_factor)
+        base = self.node_timeout
+        if base is None:
+            base = ttl * NODE_TIMEOUT_FACTOR
+        return min(base, budget)
+
+
+def number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationTypeError(
+            f"{name} must be a number of seconds (int or float), got "
+            f"{type(value).__name__} {value!r}"
+        )
+    if not math.isfinite(value):
+        raise ConfigurationError(f"{name} must be finite, got {value!r}")
+    return float(value)
+
+
+def positive(name: str, value: object) -> float:
+    v = number(name, value)
+    if v <= 0:
+        raise ConfigurationError(f"{name} must be > 0 seconds, got {value!r}")
+    return v
+
+
+def non_negative(name: str, value: object) -> float:
+    v = number(name, value)
+    if v < 0:
+        raise ConfigurationError(f"{name} must be >= 0, got {value!r}")
+    return v
+
+
+def check_ttl(ttl: object, drift_factor: float) -> float:
+    """A TTL in seconds that leaves a positive validity after the drift."""
+    t = positive("ttl", ttl)
+    if t - clock_drift(t, drift_factor) <= 0 or t < 0.001:
+        smallest = (DRIFT_FLOOR / (1 - drift_factor)) * 1.5
+        raise ConfigurationError(
+            f"ttl={ttl!r} s leaves no validity after the clock-drift allowance "
+            f"(ttl * {drift_factor} + {DRIFT_FLOOR * 1000:.0f} ms); use a ttl of at "
+            f"least {smallest:.3f} s, and in practice much more than a round trip"
+        )
+    return t
+
+
+def ttl_ms(ttl: float) -> int:
+    """The TTL in whole milliseconds for PX / PEXPIRE (rounded up: never shorter
+    on the server than the validity computed locally)."""
+    return max(1, math.ceil(ttl * 1000))
+
+
+def check_timeout(timeout: object) -> float | None:
+    if timeout is None:
+        return None
+    return non_negative("timeout", timeout)
+
+
+def key_for(prefix: bytes, resource: object) -> bytes:
+    """The Redis key of ``resource``: the prefix followed by its bytes (str is
+    UTF-8 encoded; bytes are used as they are)."""
+    if isinstance(resource, str):
+        if not resource:
+            raise ConfigurationError("resource must not be empty")
+        return prefix + resource.encode("utf-8", "surrogatepass")
+    if isinstance(resource, (bytes, bytearray, memoryview)):
+        raw = bytes(resource)
+        if not raw:
+            raise ConfigurationError("resource must not be empty")
+        return prefix + raw
+    raise ConfigurationTypeError(
+        f"resource must be str or bytes, got {type(resource).__name__} {resource!r}"
+    )
+
+
+def check_prefix(prefix: object) -> bytes:
+    if isinstance(prefix, str):
+        return prefix.encode()
+    if isinstance(prefix, bytes):
+        return prefix
+    raise ConfigurationTypeError(
+        f"key_prefix must be str or bytes, got {type(prefix).__name__}"
+    )
+
+
+def check_node_list(nodes: object) -> Sequence[object]:
+    if isinstance(nodes, (str, bytes)):
+        raise ConfigurationTypeError(
+            "nodes must be a list of node URLs or clients, got a single string; "
+            "wrap it in a list: AsyncRedlock([url])"
+        )
+    if not isinstance(nodes, Sequence):
+        try:
+            nodes = list(nodes)  # type: ignore[call-overload]
+        except TypeError:
+            raise ConfigurationTypeError(
+                f"nodes must be a list of node URLs or clients, got "
+                f"{type(nodes).__name__}"
+            ) from None
+    assert isinstance(nodes, Sequence)
+    if not nodes:
+        raise ConfigurationError(
+            "no nodes given: pass a list of redis:// URLs or redis.asyncio.Redis "
+            "clients, ideally 3 or 5 independent servers"
+        )
+    return nodes

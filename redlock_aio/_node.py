@@ -1,0 +1,182 @@
+"""The per-node seam: the :class:`Node` protocol and :class:`RedisNode`, the only
+module that talks to redis-py.
+
+A node does one request and answers yes or no; timeouts, retries and the quorum
+are the caller's business. Other kinds of node (a lean multiplexed transport, a
+Sentinel-managed master, an in-memory fake for tests) fit behind the same
+protocol.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from urllib.parse import urlsplit
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from . import _scripts
+from ._errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from collections.abc import Hashable
+
+#: URL schemes redis-py understands for a single node.
+SCHEMES = ("redis", "rediss", "unix")
+
+#: Connections per node when the library creates the client. Waiters queue for a
+#: free connection (bounded by the per-node timeout) instead of failing with
+#: redis-py's "Too many connections".
+MAX_CONNECTIONS = 64
+
+
+@runtime_checkable
+class Node(Protocol):
+    """One independent Redis (or Valkey) instance, as the algorithm sees it.
+
+    :ivar name: a description for messages and logs; never contains a password.
+    :ivar identity: equal for two handles on the same server and database, used
+        to refuse the same node given twice.
+    """
+
+    name: str
+    identity: Hashable
+
+    async def set_nx(self, key: bytes, token: bytes, ttl_ms: int) -> bool:
+        """``SET key token NX PX ttl_ms``: True if the key was set."""
+        ...
+
+    async def release(self, key: bytes, token: bytes) -> bool:
+        """Delete the key if it holds ``token``: True if it was deleted."""
+        ...
+
+    async def extend(self, key: bytes, token: bytes, ttl_ms: int) -> bool:
+        """Set the key's TTL if it holds ``token``: True if it was extended."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the node holds (connections it opened itself)."""
+        ...
+
+
+def describe_url(url: str) -> tuple[str, Hashable]:
+    """A password-free name and an identity for a node URL, or a
+    :class:`ConfigurationError` that says what is wrong with it."""
+    try:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in SCHEMES:
+            raise ValueError(f"scheme must be one of {', '.join(SCHEMES)}")
+        if scheme == "unix":
+            if not parts.path:
+                raise ValueError("a unix:// URL needs a socket path")
+            return f"unix:{parts.path}", ("unix", parts.path, _db(parts.query))
+        host = parts.hostname
+        if not host:
+            raise ValueError("no host")
+        port = parts.port or 6379
+        db = _db(parts.query, parts.path)
+    except ValueError as exc:
+        # The message of urlsplit's errors can echo the URL: rebuild it without.
+        raise ConfigurationError(
+            f"invalid node URL {_redact(url)!r}: {exc}; expected e.g. "
+            "redis://[[user]:password@]host[:port][/db], rediss://... or "
+            "unix:///path/to/redis.sock"
+        ) from None
+    name = f"{host}:{port}" if db == 0 else f"{host}:{port}/{db}"
+    return name, ("tcp", host.lower(), port, db)
+
+
+def _db(query: str, path: str = "") -> int:
+    for item in query.split("&"):
+        if item.startswith("db="):
+            return int(item[3:])
+    path = path.strip("/")
+    return int(path) if path else 0
+
+
+def _redact(url: str) -> str:
+    """The URL with any password replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        user = parts.username or ""
+        return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
+    except ValueError:
+        return "<unparsable URL>"
+
+
+def describe_client(client: Redis) -> tuple[str, Hashable]:
+    """A password-free name and an identity for a redis-py client."""
+    kwargs: dict[str, Any] = client.connection_pool.connection_kwargs
+    db = int(kwargs.get("db", 0) or 0)
+    path = kwargs.get("path")
+    if path:
+        return f"unix:{path}", ("unix", str(path), db)
+    host = str(kwargs.get("host", "localhost"))
+    port = int(kwargs.get("port", 6379))
+    name = f"{host}:{port}" if db == 0 else f"{host}:{port}/{db}"
+    return name, ("tcp", host.lower(), port, db)
+
+
+class RedisNode:
+    """A :class:`Node` on a redis-py asyncio client.
+
+    Scripts run by EVALSHA through redis-py's ``Script`` helper, which loads them
+    again transparently after NOSCRIPT (a ``SCRIPT FLUSH`` or a restart).
+
+    :param client: the client to use.
+    :param owned: close the client in :meth:`aclose` (true when the library made it).
+    """
+
+    __slots__ = ("_extend", "_release", "client", "identity", "name", "owned")
+
+    def __init__(self, client: Redis, *, owned: bool = False) -> None:
+        self.client = client
+        self.owned = owned
+        self.name, self.identity = describe_client(client)
+        self._release = client.register_script(_scripts.RELEASE)
+        self._extend = client.register_script(_scripts.EXTEND)
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisNode:
+        """A node with its own client and connection pool for ``url``.
+
+        redis-py's own retries are switched off: a failure is a vote against,
+        and the retry policy belongs to the algorithm.
+        """
+        name, identity = describe_url(url)
+        try:
+            pool = BlockingConnectionPool.from_url(
+                url,
+                max_connections=MAX_CONNECTIONS,
+                timeout=None,
+                retry=Retry(NoBackoff(), 0),
+            )
+        except (ValueError, TypeError) as exc:
+            raise ConfigurationError(f"invalid node URL for {name}: {exc}") from None
+        node = cls(Redis.from_pool(pool), owned=True)
+        node.name, node.identity = name, identity
+        return node
+
+    async def set_nx(self, key: bytes, token: bytes, ttl_ms: int) -> bool:
+        reply = await self.client.execute_command(  # type: ignore[no-untyped-call]
+            "SET", key, token, "NX", "PX", ttl_ms
+        )
+        return bool(reply)
+
+    async def release(self, key: bytes, token: bytes) -> bool:
+        return bool(await self._release(keys=(key,), args=(token,)))
+
+    async def extend(self, key: bytes, token: bytes, ttl_ms: int) -> bool:
+        return bool(await self._extend(keys=(key,), args=(token, ttl_ms)))
+
+    async def aclose(self) -> None:
+        if self.owned:
+            await self.client.aclose()
+
+    def __repr__(self) -> str:
+        return f"RedisNode({self.name})"

@@ -1,0 +1,665 @@
+"""The Redlock algorithm: :class:`AsyncRedlock` (nodes, settings, acquire with
+retries, extend, release) and :class:`Lock`, the handle of one acquisition.
+
+Acquire, top to bottom:
+
+1. A fresh 20-byte token from :mod:`secrets` for each attempt.
+2. ``SET key token NX PX ttl`` to every node at once, each under the per-node
+   timeout; the attempt is decided as soon as a quorum said yes or cannot.
+3. The lock holds if a quorum said yes and ``validity = ttl - elapsed - drift``
+   is still positive, elapsed on the monotonic clock from before the first send.
+4. Otherwise the attempt's keys are released on every node that may hold one
+   (also those that timed out: a timed-out SET may have been applied), and the
+   next attempt comes after a jittered, growing delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+import sys
+import time
+import weakref
+from typing import TYPE_CHECKING, Any, final
+
+from redis.asyncio import Redis
+
+from . import _config
+from ._config import Settings
+from ._errors import (
+    ConfigurationError,
+    ConfigurationTypeError,
+    ExtendError,
+    LockLost,
+    LockNotAcquired,
+    RedlockClosed,
+    ReleaseError,
+)
+from ._node import Node, RedisNode, describe_url
+from ._quorum import Decision, NodeOutcome, Vote, quorum, validity_deadline
+from ._round import Request, Round, wait_shielded, wait_tasks_shielded
+
+if sys.version_info >= (3, 11):
+    from typing import Self
+else:  # pragma: no cover
+    from typing_extensions import Self
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine, Iterable, Sequence
+    from types import TracebackType
+
+    from ._hold import LockContext, LostCallback
+
+logger = logging.getLogger("redlock_aio")
+
+NodeSpec = str | Redis | Node
+
+
+@final
+class Lock:
+    """One acquisition of a resource: its token, and until when it is known held.
+
+    A lock is not re-entrant and belongs to whoever holds this object, whatever
+    task or thread: the token lives here, never in a thread-local or global.
+    Validity is computed locally on the monotonic clock; there is deliberately no
+    network "is it still locked?" check, which could wrongly say yes.
+
+    :ivar resource: the resource as given to ``acquire``.
+    :ivar key: the Redis key (prefix + resource).
+    :ivar token: the random value only this holder knows.
+    :ivar ttl: the TTL of the last successful acquire or extend, in seconds.
+    :ivar valid_until: monotonic time (the AsyncRedlock's clock) until which the
+        lock is known held.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_lost_callbacks",
+        "_lost_reason",
+        "_redlock",
+        "_released",
+        "_tails",
+        "key",
+        "resource",
+        "token",
+        "ttl",
+        "valid_until",
+    )
+
+    def __init__(
+        self,
+        redlock: AsyncRedlock,
+        resource: str | bytes,
+        key: bytes,
+        token: bytes,
+        ttl: float,
+        valid_until: float,
+        tails: list[asyncio.Task[bool]],
+    ) -> None:
+        self._redlock = redlock
+        self.resource = resource
+        self.key = key
+        self.token = token
+        self.ttl = ttl
+        self.valid_until = valid_until
+        self._tails = tails
+        self._released = False
+        self._lost_reason: str | None = None
+        self._lost_callbacks: list[Callable[[Lock], object]] = []
+
+    def remaining(self) -> float:
+        """Seconds of validity left (0.0 once expired, lost or released)."""
+        if self._released or self._lost_reason is not None:
+            return 0.0
+        return max(0.0, self.valid_until - self._redlock.clock())
+
+    @property
+    def held(self) -> bool:
+        """True while the lock is known held: not released, not lost, not expired."""
+        return self.remaining() > 0.0
+
+    @property
+    def lost(self) -> bool:
+        """True once the lock is known lost (an extension failed for good, or its
+        validity ran out before it was released)."""
+        if (
+            self._lost_reason is None
+            and not self._released
+            and self.valid_until <= self._redlock.clock()
+        ):
+            self._mark_lost("its validity ran out")
+        return self._lost_reason is not None
+
+    @property
+    def released(self) -> bool:
+        return self._released
+
+    async def extend(self, ttl: float | None = None) -> float:
+        """Set the lock's TTL again on every node; needs a quorum.
+
+        The new validity is counted from the start of this call. A lock that has
+        expired, was lost or released is never revived.
+
+        :param ttl: the new TTL in seconds (default: the lock's current ``ttl``).
+        :return: the seconds of validity now left.
+        :raises LockLost: the lock had expired or is gone from a quorum of nodes.
+        :raises ExtendError: no quorum extended it; it stays valid until
+            ``valid_until``.
+        :raises ConfigurationError: ``ttl`` is invalid.
+        """
+        return await self._redlock._extend(self, ttl)
+
+    async def release(self) -> None:
+        """Delete the lock's key on every node where it still holds this token.
+
+        Shielded from cancellation and bounded by the per-node timeout: when the
+        call returns or a cancellation propagates, every node has answered or
+        timed out. Releasing twice is a no-op.
+
+        :raises ReleaseError: fewer than a quorum confirmed; the lock stays
+            releasable, and its keys expire by their TTL.
+        """
+        await self._redlock._release(self)
+
+    def on_lost(self, callback: Callable[[Lock], object]) -> None:
+        """Call ``callback(lock)`` once, when the lock becomes known lost."""
+        if self._lost_reason is not None:
+            callback(self)
+        else:
+            self._lost_callbacks.append(callback)
+
+    def _mark_lost(self, reason: str) -> None:
+        if self._lost_reason is not None or self._released:
+            return
+        self._lost_reason = reason
+        callbacks, self._lost_callbacks = self._lost_callbacks, []
+        for callback in callbacks:
+            try:
+                callback(self)
+            except Exception:
+                logger.exception("on_lost callback for %r failed", self.resource)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.release()
+
+    def __repr__(self) -> str:
+        if self._released:
+            state = "released"
+        elif self._lost_reason is not None:
+            state = "lost"
+        else:
+            state = f"valid for {self.remaining():.3f} s"
+        return f"<Lock {self.resource!r} {state}>"
+
+
+@final
+class AsyncRedlock:
+    """Distributed mutual exclusion over N independent Redis (or Valkey) nodes.
+
+    Guarantees, under Redlock's model (bounded clock drift, bounded process
+    pauses, nodes that do not lose keys): a lock is returned only when a
+    majority of nodes granted it and its validity is positive; while its
+    validity lasts, no other client can obtain it. Not guaranteed: safety under
+    unbounded process pauses or clock jumps on the servers; use fencing for
+    that (see README).
+
+    :param nodes: ``redis://``, ``rediss://`` or ``unix://`` URLs, redis-py
+        asyncio clients, or :class:`Node` objects. Clients made from URLs are
+        closed by :meth:`aclose`; clients passed in are left open.
+    :param ttl: default lock lifetime in seconds.
+    :param node_timeout: seconds each node gets per request (default: 5% of the
+        TTL). A node that is down or slower counts as a failure.
+    :param drift_factor: share of the TTL assumed lost to clock drift; the drift
+        is ``ttl * drift_factor + 2 ms``.
+    :param retry_count: retries after the first attempt of a blocking acquire
+        (``None``: no limit, only ``timeout`` ends the wait).
+    :param retry_delay: the first delay between attempts, doubled on each retry
+        up to ``retry_delay_max``.
+    :param retry_jitter: share of each delay taken off at random, so that
+        contenders do not retry in lockstep.
+    :param key_prefix: prepended to every resource to make its key.
+    :param clock: monotonic clock in seconds (default :func:`time.monotonic`);
+        for tests.
+    :raises ConfigurationError: an argument is invalid (no I/O has been done).
+    """
+
+    def __init__(
+        self,
+        nodes: Sequence[NodeSpec],
+        *,
+        ttl: float = _config.DEFAULT_TTL,
+        node_timeout: float | None = None,
+        drift_factor: float = _config.DEFAULT_DRIFT_FACTOR,
+        retry_count: int | None = None,
+        retry_delay: float = 0.05,
+        retry_delay_max: float = 1.0,
+        retry_jitter: float = 0.5,
+        key_prefix: str | bytes = "",
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.settings = Settings(
+            ttl=ttl,
+            node_timeout=node_timeout,
+            drift_factor=drift_factor,
+            retry_count=retry_count,
+            retry_delay=retry_delay,
+            retry_delay_max=retry_delay_max,
+            retry_jitter=retry_jitter,
+            key_prefix=_config.check_prefix(key_prefix),
+        )
+        self.clock: Callable[[], float] = clock or time.monotonic
+        self._nodes: tuple[Node, ...] = _make_nodes(_config.check_node_list(nodes))
+        self.quorum = quorum(len(self._nodes))
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._held: weakref.WeakSet[Lock] = weakref.WeakSet()
+        self._closed = False
+        n = len(self._nodes)
+        if n < 3 or n % 2 == 0:
+            logger.warning(
+                "AsyncRedlock over %d node(s): %s; an odd number >= 3 of independent "
+                "nodes (3 or 5) is what tolerates node failures",
+                n,
+                "a single node is a single point of failure"
+                if n == 1
+                else f"it tolerates only {n - self.quorum} failure(s), "
+                f"like {n - 1} nodes would",
+            )
+
+    @property
+    def nodes(self) -> tuple[Node, ...]:
+        return self._nodes
+
+    # -- acquire ----------------------------------------------------------------
+
+    async def acquire(
+        self,
+        resource: str | bytes,
+        *,
+        ttl: float | None = None,
+        blocking: bool = True,
+        timeout: float | None = None,
+    ) -> Lock:
+        """Acquire ``resource`` on a quorum of nodes.
+
+        :param ttl: lock lifetime in seconds (default: the AsyncRedlock's).
+        :param blocking: retry until acquired (True) or make a single attempt.
+        :param timeout: with ``blocking``, give up after about this many seconds
+            (the attempt in flight then finishes, within the per-node timeout).
+            ``None`` waits as long as ``retry_count`` allows (for ever by default).
+            An outer ``asyncio.timeout`` / ``anyio.fail_after`` works as well.
+        :return: the :class:`Lock`, with positive validity.
+        :raises LockNotAcquired: no quorum within the retries or the timeout;
+            carries each node's answer in the last attempt.
+        :raises ConfigurationError: an argument is invalid.
+        :raises RedlockClosed: after :meth:`aclose`.
+
+        Cancelled at any point, it leaves no key of its own on any node: the
+        cleanup is shielded and bounded by the per-node timeout.
+        """
+        key, ttl_s = self._check(resource, ttl)
+        limit = _config.check_timeout(timeout)
+        s = self.settings
+        deadline = None if limit is None else self.clock() + limit
+        node_timeout = s.node_timeout_for(ttl_s)
+        px = _config.ttl_ms(ttl_s)
+        spawned: list[asyncio.Task[bool]] = []
+        attempt = 0
+        rnd: Round | None = None
+        try:
+            while True:
+                attempt += 1
+                token = secrets.token_bytes(20)
+                start = self.clock()
+                rnd = Round(
+                    self._nodes,
+                    _set_nx(key, token, px),
+                    timeout=node_timeout,
+                    needed=self.quorum,
+                    spawn=self._spawn,
+                )
+                spawned += rnd.tasks
+                decision = await rnd.decided
+                if decision is Decision.REACHED:
+                    valid_until = validity_deadline(start, ttl_s, s.drift_factor)
+                    if self.clock() < valid_until:
+                        lock = Lock(
+                            self, resource, key, token, ttl_s, valid_until, rnd.tasks
+                        )
+                        self._held.add(lock)
+                        return lock
+                done, rnd = rnd, None
+                await self._undo(done, key, token, node_timeout, spawned)
+                spawned = [t for t in spawned if not t.done()]
+                if not blocking or (
+                    s.retry_count is not None and attempt > s.retry_count
+                ):
+                    raise self._not_acquired(resource, done.outcomes, attempt, decision)
+                delay = self._retry_delay(attempt)
+                if deadline is not None:
+                    left = deadline - self.clock()
+                    if left <= 0:
+                        raise self._not_acquired(
+                            resource, done.outcomes, attempt, decision, timeout=limit
+                        )
+                    delay = min(delay, left)
+                await asyncio.sleep(delay)
+        except BaseException:
+            # Cancelled (or failed) mid-attempt: a SET in flight may still land.
+            # Release wherever it may, and wait for that, shielded and bounded.
+            if rnd is not None:
+                self._undo_later(
+                    rnd, key, token, node_timeout, spawned, include_yes=True
+                )
+            await wait_tasks_shielded(spawned)
+            raise
+
+    async def _undo(
+        self,
+        rnd: Round,
+        key: bytes,
+        token: bytes,
+        node_timeout: float,
+        spawned: list[asyncio.Task[bool]],
+    ) -> None:
+        """Release a failed attempt's keys. Nodes that said yes are released now
+        (they answer); nodes that timed out, errored or have not answered yet
+        are released in the background once their SET is over. Nodes that said
+        no hold nothing of ours. Every task started is added to ``spawned``."""
+        self._undo_later(rnd, key, token, node_timeout, spawned, include_yes=False)
+        yes = [i for i, o in enumerate(rnd.outcomes) if o.vote is Vote.YES]
+        if yes:
+            now = self._release_round(
+                [self._nodes[i] for i in yes],
+                key,
+                token,
+                node_timeout,
+                [rnd.tasks[i] for i in yes],
+            )
+            spawned += now.tasks
+            await wait_shielded(now.decided)
+
+    def _undo_later(
+        self,
+        rnd: Round,
+        key: bytes,
+        token: bytes,
+        node_timeout: float,
+        spawned: list[asyncio.Task[bool]],
+        *,
+        include_yes: bool,
+    ) -> None:
+        """Start releasing on every node whose answer leaves a key of ours
+        possible, each chained after its SET; don't wait."""
+        idx = [
+            i
+            for i, o in enumerate(rnd.outcomes)
+            if o.vote is not Vote.NO and (include_yes or o.vote is not Vote.YES)
+        ]
+        if idx:
+            spawned += self._release_round(
+                [self._nodes[i] for i in idx],
+                key,
+                token,
+                node_timeout,
+                [rnd.tasks[i] for i in idx],
+            ).tasks
+
+    def _release_round(
+        self,
+        nodes: Sequence[Node],
+        key: bytes,
+        token: bytes,
+        node_timeout: float,
+        after: Sequence[asyncio.Task[bool] | None],
+    ) -> Round:
+        return Round(
+            nodes,
+            lambda node: node.release(key, token),
+            timeout=node_timeout,
+            needed=len(nodes),
+            wait_all=True,
+            after=after,
+            spawn=self._spawn,
+        )
+
+    def _retry_delay(self, attempt: int) -> float:
+        s = self.settings
+        base = min(s.retry_delay_max, s.retry_delay * 2.0 ** min(attempt - 1, 30))
+        return base * (1.0 - s.retry_jitter * random.random())
+
+    def _not_acquired(
+        self,
+        resource: str | bytes,
+        outcomes: Sequence[NodeOutcome],
+        attempts: int,
+        decision: Decision,
+        timeout: float | None = None,
+    ) -> LockNotAcquired:
+        yes = sum(o.ok for o in outcomes)
+        why = (
+            "validity ran out before the quorum answered"
+            if decision is Decision.REACHED
+            else f"{yes} of {len(outcomes)} nodes granted it, {self.quorum} needed"
+        )
+        when = f" within {timeout} s" if timeout is not None else ""
+        return LockNotAcquired(
+            f"could not acquire {resource!r}{when} after {attempts} attempt(s): {why}",
+            outcomes,
+            attempts,
+        )
+
+    # -- extend and release -------------------------------------------------------
+
+    async def _extend(self, lock: Lock, ttl: float | None) -> float:
+        if lock._released:
+            raise LockLost(f"cannot extend {lock.resource!r}: it was released")
+        ttl_s = (
+            lock.ttl
+            if ttl is None
+            else _config.check_ttl(ttl, self.settings.drift_factor)
+        )
+        start = self.clock()
+        old_deadline = lock.valid_until
+        if lock.lost or start >= old_deadline:
+            raise LockLost(
+                f"cannot extend {lock.resource!r}: {lock._lost_reason}; "
+                "a lost lock is never revived"
+            )
+        px = _config.ttl_ms(ttl_s)
+        # No answer after the current deadline can count: by then another client
+        # may legitimately hold the lock.
+        timeout = min(self.settings.node_timeout_for(ttl_s), old_deadline - start)
+        rnd = Round(
+            self._nodes,
+            lambda node: node.extend(lock.key, lock.token, px),
+            timeout=timeout,
+            needed=self.quorum,
+            after=lock._tails,
+            spawn=self._spawn,
+        )
+        lock._tails = rnd.tasks
+        decision = await rnd.decided
+        now = self.clock()
+        if decision is Decision.REACHED and now < old_deadline:
+            new_deadline = validity_deadline(start, ttl_s, self.settings.drift_factor)
+            if now < new_deadline:
+                lock.valid_until = max(old_deadline, new_deadline)
+                lock.ttl = ttl_s
+                return lock.valid_until - now
+        gone = sum(o.vote is Vote.NO for o in rnd.outcomes)
+        if now >= old_deadline or gone >= self.quorum:
+            why = (
+                "its validity ran out before a quorum confirmed the extension"
+                if now >= old_deadline
+                else f"the key is gone or taken on {gone} of {len(self._nodes)} nodes"
+            )
+            lock._mark_lost(why)
+            raise LockLost(f"lock {lock.resource!r} lost: {why}", rnd.outcomes)
+        raise ExtendError(
+            f"could not extend {lock.resource!r}: "
+            f"{sum(o.ok for o in rnd.outcomes)} of {len(self._nodes)} nodes extended it, "
+            f"{self.quorum} needed; it stays valid for {lock.remaining():.3f} s",
+            rnd.outcomes,
+        )
+
+    async def _release(self, lock: Lock) -> None:
+        if lock._released:
+            return
+        rnd = self._release_round(
+            self._nodes,
+            lock.key,
+            lock.token,
+            self.settings.node_timeout_for(lock.ttl),
+            lock._tails,
+        )
+        lock._tails = rnd.tasks
+        try:
+            await wait_shielded(rnd.decided)
+        finally:
+            confirmed = sum(o.vote in (Vote.YES, Vote.NO) for o in rnd.outcomes)
+            if rnd.decided.done() and confirmed >= self.quorum:
+                lock._released = True
+                self._held.discard(lock)
+        if not lock._released:
+            raise ReleaseError(
+                f"release of {lock.resource!r} confirmed by {confirmed} of "
+                f"{len(self._nodes)} nodes, {self.quorum} needed; the keys expire "
+                "by their TTL, and release() may be called again",
+                rnd.outcomes,
+            )
+
+    # -- auto-extending blocks ------------------------------------------------------
+
+    def lock(
+        self,
+        resource: str | bytes,
+        *,
+        ttl: float | None = None,
+        blocking: bool = True,
+        timeout: float | None = None,
+        auto_extend: bool = True,
+        cancel_on_lost: bool = True,
+        on_lost: LostCallback | None = None,
+    ) -> LockContext:
+        """``async with redlock.lock("orders:42"):`` holds the resource for the
+        block, re-extending it in the background until the block exits.
+
+        If the lock cannot be kept, the body is cancelled and the block raises
+        :class:`LockLost` (``cancel_on_lost=False`` lets the body run on: it is
+        told through ``on_lost`` / ``lock.lost`` and the block still raises
+        :class:`LockLost` at its end). See :class:`LockContext`.
+        """
+        from ._hold import LockContext
+
+        self._check(resource, ttl)
+        _config.check_timeout(timeout)
+        return LockContext(
+            self,
+            resource,
+            ttl=ttl,
+            blocking=blocking,
+            timeout=timeout,
+            auto_extend=auto_extend,
+            cancel_on_lost=cancel_on_lost,
+            on_lost=on_lost,
+        )
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def _check(self, resource: str | bytes, ttl: float | None) -> tuple[bytes, float]:
+        if self._closed:
+            raise RedlockClosed("this AsyncRedlock was closed")
+        key = _config.key_for(self.settings.key_prefix, resource)
+        if ttl is None:
+            return key, self.settings.ttl
+        return key, _config.check_ttl(ttl, self.settings.drift_factor)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def aclose(self) -> None:
+        """Release the locks still held, end every background task, and close the
+        clients this AsyncRedlock created. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        held = list(self._held)
+        for lock in held:
+            lock._mark_lost("the AsyncRedlock was closed")
+        for lock in held:
+            try:
+                await lock.release()
+            except ReleaseError as exc:
+                logger.warning("aclose: %s", exc)
+        # Requests still in flight end by their own per-node deadline.
+        await wait_tasks_shielded(list(self._tasks))
+        for node in self._nodes:
+            await node.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        names = ", ".join(node.name for node in self._nodes)
+        return f"<AsyncRedlock [{names}] quorum={self.quorum}>"
+
+
+def _set_nx(key: bytes, token: bytes, px: int) -> Request:
+    return lambda node: node.set_nx(key, token, px)
+
+
+def _make_nodes(specs: Iterable[object]) -> tuple[Node, ...]:
+    specs = list(specs)
+    # Check every spec before creating any client.
+    seen: dict[object, str] = {}
+    for spec in specs:
+        if isinstance(spec, str):
+            name, identity = describe_url(spec)
+        elif isinstance(spec, Redis):
+            from ._node import describe_client
+
+            name, identity = describe_client(spec)
+        elif isinstance(spec, Node):
+            name, identity = spec.name, spec.identity
+        else:
+            raise ConfigurationTypeError(
+                f"a node must be a redis:// URL, a redis.asyncio.Redis client or a "
+                f"Node, got {type(spec).__name__}"
+            )
+        if identity in seen:
+            raise ConfigurationError(
+                f"node {name} is given twice: each node must be a distinct server, "
+                "or the quorum counts one server's vote twice"
+            )
+        seen[identity] = name
+    nodes: list[Node] = []
+    for spec in specs:
+        if isinstance(spec, str):
+            nodes.append(RedisNode.from_url(spec))
+        elif isinstance(spec, Redis):
+            nodes.append(RedisNode(spec))
+        else:
+            assert isinstance(spec, Node)
+            nodes.append(spec)
+    return tuple(nodes)
