@@ -9,13 +9,15 @@ the header of the run says which.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from redlock_aio import AsyncRedlock
 from redlock_aio.testing import LocalCluster, RedisServerNotFound, find_redis_server
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
 
 # Before any event loop exists: every loop of the run is in debug mode, which
 # reports never-awaited coroutines and unclosed transports.

@@ -10,6 +10,7 @@ import pytest
 from redlock_aio import (
     AsyncRedlock,
     ExtendError,
+    Lock,
     LockLost,
     LockNotAcquired,
     Vote,
@@ -18,9 +19,7 @@ from redlock_aio import (
 from .fakes import FakeClock, FakeNode, fake_nodes
 
 
-def make(
-    nodes: list[FakeNode], clock: FakeClock, **kwargs: object
-) -> AsyncRedlock:
+def make(nodes: list[FakeNode], clock: FakeClock, **kwargs: object) -> AsyncRedlock:
     opts: dict[str, object] = {"ttl": 10.0, "node_timeout": 5.0, "retry_delay": 0.0}
     opts.update(kwargs)
     return AsyncRedlock(nodes, clock=clock, **opts)  # type: ignore[arg-type]
@@ -98,7 +97,9 @@ async def test_errors_are_votes_against_with_their_cause() -> None:
             await rl.acquire("r", blocking=False)
     errors = [o for o in info.value.outcomes if o.vote is Vote.ERROR]
     assert len(errors) == 2
-    assert all(isinstance(o.error.__cause__, ConnectionError) for o in errors if o.error)
+    assert all(
+        isinstance(o.error.__cause__, ConnectionError) for o in errors if o.error
+    )
     assert "refused" in str(info.value)
     assert all(not n.store for n in nodes)
 
@@ -225,14 +226,20 @@ async def test_outer_cancellation_propagates_as_itself() -> None:
 async def test_opting_out_of_cancellation_reports_through_on_lost() -> None:
     clock = FakeClock()
     nodes = fake_nodes(3, clock)
-    seen = []
+    seen: list[Lock] = []
+    told = asyncio.Event()
+
+    def on_lost(lock: Lock) -> None:
+        seen.append(lock)
+        told.set()
+
     async with make(nodes, clock, ttl=0.3, node_timeout=0.05) as rl:
         with pytest.raises(LockLost):
-            async with rl.lock("r", cancel_on_lost=False, on_lost=seen.append) as lock:
+            async with rl.lock("r", cancel_on_lost=False, on_lost=on_lost) as lock:
                 for n in nodes:
                     n.store.clear()
-                while not lock.lost:
-                    await asyncio.sleep(0.01)
+                await told.wait()  # not cancelled: the body runs on
+                assert lock.lost
                 finished = True
         assert finished
         assert seen == [lock]

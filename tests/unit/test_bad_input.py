@@ -46,7 +46,9 @@ URLS = [f"redis://127.0.0.1:{p}" for p in (1, 2, 3)]
         ({"key_prefix": 5}, ConfigurationTypeError, "key_prefix must be str or bytes"),
     ],
 )
-def test_bad_settings(kwargs: dict[str, Any], error: type[Exception], message: str) -> None:
+def test_bad_settings(
+    kwargs: dict[str, Any], error: type[Exception], message: str
+) -> None:
     with pytest.raises(error, match=message):
         AsyncRedlock(URLS, **kwargs)
 
@@ -98,7 +100,9 @@ def test_a_password_never_appears_in_an_error() -> None:
         (42, ConfigurationTypeError, "resource must be str or bytes"),
     ],
 )
-async def test_bad_resource(resource: Any, error: type[Exception], message: str) -> None:
+async def test_bad_resource(
+    resource: Any, error: type[Exception], message: str
+) -> None:
     async with AsyncRedlock(URLS) as rl:
         with pytest.raises(error, match=message):
             await rl.acquire(resource)
