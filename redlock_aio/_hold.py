@@ -94,8 +94,15 @@ class LockContext:
         self._keeper = self._redlock._spawn(
             self._keep(lock) if self._auto_extend else self._watch(lock)
         )
+        lock.on_lost(lambda _: self._stop_keeper())
         self._scope.__enter__()
         return lock
+
+    def _stop_keeper(self) -> None:
+        """A lost lock needs no keeper (it may have been lost by aclose())."""
+        keeper = self._keeper
+        if keeper is not None and keeper is not _current_task():
+            keeper.cancel()
 
     def _cancel_body(self) -> None:
         if self._scope is not None:
@@ -173,6 +180,13 @@ class LockContext:
         while (left := lock.valid_until - clock()) > 0:  # noqa: ASYNC110
             await asyncio.sleep(left)
         lock._mark_lost("its validity ran out before the block ended")
+
+
+def _current_task() -> asyncio.Task[object] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no running loop
+        return None
 
 
 def _lost_error(lock: Lock) -> LockLost:

@@ -265,6 +265,7 @@ class AsyncRedlock:
         self._held: set[Lock] = set()
         self._prune_at = 1024
         self._closed = False
+        self._nodes_closed = False
         n = len(self._nodes)
         if n < 3 or n % 2 == 0:
             logger.warning(
@@ -525,6 +526,11 @@ class AsyncRedlock:
     async def _release(self, lock: Lock) -> None:
         if lock._released:
             return
+        if self._nodes_closed:
+            raise ReleaseError(
+                f"cannot release {lock.resource!r}: the AsyncRedlock was closed "
+                "(its connections too); the keys expire by their TTL"
+            )
         rnd = self._release_round(
             self._nodes,
             lock.key,
@@ -616,6 +622,7 @@ class AsyncRedlock:
                 logger.warning("aclose: %s", exc)
         # Requests still in flight end by their own per-node deadline.
         await wait_tasks_shielded(list(self._tasks))
+        self._nodes_closed = True
         for node in self._nodes:
             await node.aclose()
 

@@ -8,6 +8,8 @@ the header of the run says which.
 
 from __future__ import annotations
 
+import gc
+import logging
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +26,34 @@ if TYPE_CHECKING:
 os.environ.setdefault("PYTHONASYNCIODEBUG", "1")
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+class _AsyncioErrors(logging.Handler):
+    """Collects what asyncio reports through its logger at ERROR: "Task was
+    destroyed but it is pending!", "Task exception was never retrieved",
+    unclosed transports, exceptions in callbacks."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+_asyncio_errors = _AsyncioErrors()
+logging.getLogger("asyncio").addHandler(_asyncio_errors)
+
+
+@pytest.fixture(autouse=True)
+def _no_asyncio_errors() -> Iterator[None]:
+    """Fail the test if asyncio reported a leaked task or an unretrieved error."""
+    _asyncio_errors.records.clear()
+    yield
+    gc.collect()  # destroyed-while-pending tasks are reported on collection
+    errors = [r.getMessage() for r in _asyncio_errors.records]
+    _asyncio_errors.records.clear()
+    assert not errors, f"asyncio reported: {errors}"
 
 
 def pytest_report_header() -> str:

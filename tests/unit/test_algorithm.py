@@ -265,3 +265,33 @@ async def test_aclose_ends_every_task_and_closes_nodes() -> None:
     assert not rl._tasks
     assert all(n.closed for n in nodes)
     assert all(not n.store for n in nodes[:2])
+
+
+async def test_aclose_during_a_block_cancels_it_with_lock_lost() -> None:
+    clock = FakeClock()
+    nodes = fake_nodes(3, clock)
+    rl = make(nodes, clock, ttl=60.0)
+    entered = asyncio.Event()
+
+    async def body() -> None:
+        async with rl.lock("r"):
+            entered.set()
+            await asyncio.sleep(60)
+
+    task = asyncio.create_task(body())
+    await entered.wait()
+    await asyncio.wait_for(rl.aclose(), 5)  # does not wait for the keeper's 20 s
+    with pytest.raises(LockLost, match="closed"):
+        await task
+    assert not rl._tasks
+    assert all(not n.store for n in nodes)
+
+
+async def test_manual_release_inside_a_block_is_fine() -> None:
+    clock = FakeClock()
+    nodes = fake_nodes(3, clock)
+    async with make(nodes, clock) as rl:
+        async with rl.lock("r") as lock:
+            await lock.release()
+        assert lock.released
+        assert not lock.lost
