@@ -14,8 +14,10 @@ from redlock_aio import AsyncRedlock, LockNotAcquired
 from redlock_aio.testing import LocalCluster
 
 
-async def main(urls: list[str]) -> None:
-    async with AsyncRedlock(urls, ttl=5.0) as redlock:
+async def main(urls: list[str], restart_quarantine: float | None = None) -> None:
+    async with AsyncRedlock(
+        urls, ttl=5.0, restart_quarantine=restart_quarantine
+    ) as redlock:
         lock = await redlock.acquire("orders:42", blocking=False)
         print(f"acquired {lock.resource!r}, valid for {lock.remaining():.3f} s")
         await lock.extend(10.0)
@@ -38,4 +40,5 @@ if __name__ == "__main__":
         asyncio.run(main(sys.argv[1:]))
     else:
         with LocalCluster(3) as cluster:
-            asyncio.run(main(cluster.urls))
+            # Nodes started just now hold no older lock: no restart quarantine.
+            asyncio.run(main(cluster.urls, restart_quarantine=0))

@@ -73,6 +73,14 @@ def _add_demo(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     parser.add_argument("--resource", default="demo:counter")
     parser.add_argument(
+        "--restart-quarantine",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="seconds a node must be up before its votes count (default: 0 for "
+        "nodes the demo starts, the library default for --node)",
+    )
+    parser.add_argument(
         "--no-live",
         dest="live",
         action="store_false",
@@ -92,6 +100,7 @@ def _run_demo(args: argparse.Namespace) -> int:
             ttl=args.ttl,
             resource=args.resource,
             live=args.live,
+            restart_quarantine=args.restart_quarantine,
         )
     )
 

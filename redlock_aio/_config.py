@@ -29,6 +29,7 @@ class Settings:
     retry_delay_max: float = 1.0
     retry_jitter: float = 0.5
     key_prefix: bytes = b""
+    restart_quarantine: float | None = None
 
     def __post_init__(self) -> None:
         factor = self.drift_factor
@@ -53,6 +54,8 @@ class Settings:
                     f"retry_count must be >= 0 (or None for no limit), "
                     f"got {self.retry_count}"
                 )
+        if self.restart_quarantine is not None:
+            non_negative("restart_quarantine", self.restart_quarantine)
         non_negative("retry_delay", self.retry_delay)
         non_negative("retry_delay_max", self.retry_delay_max)
         if self.retry_delay_max < self.retry_delay:

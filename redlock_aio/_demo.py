@@ -61,6 +61,8 @@ class DemoOptions:
     ttl: float = 2.0
     resource: str = "demo:counter"
     live: bool = True
+    #: None: 0 for nodes the demo starts, the library default for given nodes.
+    restart_quarantine: float | None = None
 
     @property
     def acquire_timeout(self) -> float:
@@ -133,14 +135,24 @@ def run(options: DemoOptions) -> int:
 def _run_on(options: DemoOptions, urls: list[str], cluster: LocalCluster | None) -> int:
     state = DemoState(workers=[WorkerStats() for _ in range(options.workers)])
     try:
-        elapsed = asyncio.run(_contend(options, urls, state))
+        # Nodes the demo started itself cannot hold an older lock: no restart
+        # quarantine for them; given nodes get the default.
+        quarantine = options.restart_quarantine
+        if quarantine is None and cluster is not None:
+            quarantine = 0.0
+        elapsed = asyncio.run(_contend(options, urls, state, quarantine))
     except ConfigurationError as exc:
         print(f"redlock-aio demo: {exc}", file=sys.stderr)
         return 2
     return _summary(options, state, elapsed, cluster)
 
 
-async def _contend(options: DemoOptions, urls: list[str], state: DemoState) -> float:
+async def _contend(
+    options: DemoOptions,
+    urls: list[str],
+    state: DemoState,
+    restart_quarantine: float | None,
+) -> float:
     """Run the workers for the duration; return the seconds they actually took."""
     async with contextlib.AsyncExitStack() as stack:
         # Every worker's AsyncRedlock would log the same configuration warning
@@ -153,6 +165,7 @@ async def _contend(options: DemoOptions, urls: list[str], state: DemoState) -> f
                     ttl=options.ttl,
                     retry_delay=RETRY_DELAY,
                     retry_delay_max=RETRY_DELAY_MAX,
+                    restart_quarantine=restart_quarantine,
                 )
             )
             for _ in range(options.workers)

@@ -9,18 +9,25 @@ protocol.
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ResponseError
 
 from . import _scripts
 from ._errors import ConfigurationError
 
 if TYPE_CHECKING:
     from collections.abc import Hashable
+
+    from redis.asyncio.connection import AbstractConnection
+
+logger = logging.getLogger("redlock_aio")
 
 #: URL schemes redis-py understands for a single node.
 SCHEMES = ("redis", "rediss", "unix")
@@ -38,10 +45,16 @@ class Node(Protocol):
     :ivar name: a description for messages and logs; never contains a password.
     :ivar identity: equal for two handles on the same server and database, used
         to refuse the same node given twice.
+    :ivar started_at: when the server started, on :func:`time.monotonic`, as
+        learned on the latest connection; ``None`` if unknown. Drives the
+        restart quarantine.
     """
 
     name: str
     identity: Hashable
+
+    @property
+    def started_at(self) -> float | None: ...
 
     async def set_nx(self, key: bytes, token: bytes, ttl_ms: int) -> bool:
         """``SET key token NX PX ttl_ms``: True if the key was set."""
@@ -122,6 +135,77 @@ def describe_client(client: Redis) -> tuple[str, Hashable]:
     return name, ("tcp", host.lower(), port, db)
 
 
+class ServerFacts:
+    """What a node's server says about itself on each new connection: when it
+    started (for the restart quarantine: a server that restarted without its
+    keys may grant a lock that is still held) and whether it may evict keys.
+
+    Shared by every transport: feed it ``INFO server`` and, once,
+    ``CONFIG GET maxmemory-policy``.
+    """
+
+    __slots__ = ("eviction_checked", "name", "run_id", "started_at")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.run_id: str | None = None
+        self.started_at: float | None = None
+        self.eviction_checked = False
+
+    def saw_info(self, info: bytes | str) -> None:
+        """Record ``INFO server``'s uptime and run id, read just now."""
+        now = time.monotonic()
+        fields = parse_info(info)
+        try:
+            uptime = float(fields["uptime_in_seconds"])
+        except (KeyError, ValueError):
+            return
+        run_id = fields.get("run_id")
+        if self.run_id is not None and run_id != self.run_id:
+            logger.warning(
+                "node %s restarted %.0f s ago (new run id): it may have lost lock "
+                "keys, so its votes do not count until the restart quarantine is over",
+                self.name,
+                uptime,
+            )
+        self.run_id = run_id
+        # uptime_in_seconds is rounded down: assume the latest possible start.
+        self.started_at = now - uptime
+
+    def saw_eviction_policy(self, reply: object) -> None:
+        """Warn once if the server may evict keys (and so drop a lock)."""
+        self.eviction_checked = True
+        # redis-py answers CONFIG GET with a dict; a bare reply is a flat list.
+        if isinstance(reply, dict):
+            values = list(reply.values())
+        elif isinstance(reply, (list, tuple)):
+            values = list(reply[1::2])
+        else:
+            return
+        if not values:
+            return
+        value = values[0]
+        policy = value.decode() if isinstance(value, bytes) else str(value)
+        if policy != "noeviction":
+            logger.warning(
+                "node %s has maxmemory-policy %s: under memory pressure it may evict "
+                "lock keys and grant a held lock again; use noeviction",
+                self.name,
+                policy,
+            )
+
+
+def parse_info(info: bytes | str) -> dict[str, str]:
+    """``INFO`` text as a dict of its ``key:value`` lines."""
+    text = info.decode(errors="replace") if isinstance(info, bytes) else info
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and not key.startswith("#"):
+            fields[key.strip()] = value.strip()
+    return fields
+
+
 class RedisNode:
     """A :class:`Node` on a redis-py asyncio client.
 
@@ -132,14 +216,37 @@ class RedisNode:
     :param owned: close the client in :meth:`aclose` (true when the library made it).
     """
 
-    __slots__ = ("_extend", "_release", "client", "identity", "name", "owned")
+    __slots__ = ("_extend", "_release", "client", "facts", "identity", "name", "owned")
 
     def __init__(self, client: Redis, *, owned: bool = False) -> None:
         self.client = client
         self.owned = owned
         self.name, self.identity = describe_client(client)
+        self.facts = ServerFacts(self.name)
         self._release = client.register_script(_scripts.RELEASE)
         self._extend = client.register_script(_scripts.EXTEND)
+        # Learn the server's start time on every new connection: a restart
+        # always breaks the connections, so this sees every restart. A pool
+        # that already has its own connect hook is left alone.
+        kwargs = client.connection_pool.connection_kwargs
+        if kwargs.get("redis_connect_func") is None:
+            kwargs["redis_connect_func"] = self._on_connect
+
+    @property
+    def started_at(self) -> float | None:
+        return self.facts.started_at
+
+    async def _on_connect(self, conn: AbstractConnection) -> None:
+        await conn.on_connect()
+        try:
+            await conn.send_command("INFO", "server")
+            self.facts.saw_info(await conn.read_response())
+            if not self.facts.eviction_checked:
+                await conn.send_command("CONFIG", "GET", "maxmemory-policy")
+                self.facts.saw_eviction_policy(await conn.read_response())
+        except ResponseError as exc:  # INFO or CONFIG renamed or denied by ACL
+            self.facts.eviction_checked = True
+            logger.debug("node %s: cannot read server facts: %s", self.name, exc)
 
     @classmethod
     def from_url(cls, url: str) -> RedisNode:
@@ -160,6 +267,7 @@ class RedisNode:
             raise ConfigurationError(f"invalid node URL for {name}: {exc}") from None
         node = cls(Redis.from_pool(pool), owned=True)
         node.name, node.identity = name, identity
+        node.facts.name = name
         return node
 
     async def set_nx(self, key: bytes, token: bytes, ttl_ms: int) -> bool:

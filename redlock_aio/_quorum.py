@@ -42,6 +42,8 @@ class Vote(enum.Enum):
     NO = "no"
     ERROR = "error"
     TIMEOUT = "timeout"
+    #: said yes, but restarted too recently for its yes to count
+    QUARANTINED = "quarantined"
     #: not yet answered when the outcome was decided
     PENDING = "pending"
 

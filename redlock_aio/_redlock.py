@@ -55,6 +55,9 @@ logger = logging.getLogger("redlock_aio")
 
 NodeSpec = str | Redis | Node
 
+#: Answers that mean the node holds our key now.
+_SET = (Vote.YES, Vote.QUARANTINED)
+
 
 @final
 class Lock:
@@ -227,6 +230,10 @@ class AsyncRedlock:
     :param retry_jitter: share of each delay taken off at random, so that
         contenders do not retry in lockstep.
     :param key_prefix: prepended to every resource to make its key.
+    :param restart_quarantine: seconds a node must have been up before its yes
+        votes count (a node that restarted without its keys could grant a lock
+        that is still held). Default ``None``: the largest TTL this AsyncRedlock
+        has used. ``0`` turns the quarantine off.
     :param clock: monotonic clock in seconds (default :func:`time.monotonic`);
         for tests.
     :raises ConfigurationError: an argument is invalid (no I/O has been done).
@@ -244,6 +251,7 @@ class AsyncRedlock:
         retry_delay_max: float = 1.0,
         retry_jitter: float = 0.5,
         key_prefix: str | bytes = "",
+        restart_quarantine: float | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.settings = Settings(
@@ -255,7 +263,9 @@ class AsyncRedlock:
             retry_delay_max=retry_delay_max,
             retry_jitter=retry_jitter,
             key_prefix=_config.check_prefix(key_prefix),
+            restart_quarantine=restart_quarantine,
         )
+        self._max_ttl = self.settings.ttl
         self.clock: Callable[[], float] = clock or time.monotonic
         self._nodes: tuple[Node, ...] = _make_nodes(_config.check_node_list(nodes))
         self.quorum = quorum(len(self._nodes))
@@ -329,6 +339,7 @@ class AsyncRedlock:
                     timeout=node_timeout,
                     needed=self.quorum,
                     spawn=self._spawn,
+                    vet=self._quarantined,
                 )
                 spawned += rnd.tasks
                 decision = await rnd.decided
@@ -366,6 +377,23 @@ class AsyncRedlock:
             await wait_tasks_shielded(spawned)
             raise
 
+    def _quarantined(self, node: Node) -> str | None:
+        """Why ``node``'s yes must not count yet, if it restarted too recently."""
+        started = node.started_at
+        if started is None:
+            return None
+        quarantine = self.settings.restart_quarantine
+        if quarantine is None:
+            quarantine = self._max_ttl
+        up = time.monotonic() - started
+        if up >= quarantine:
+            return None
+        return (
+            f"up for only {up:.1f} s: a restarted node may have lost lock keys, "
+            f"so its yes counts once it has been up {quarantine:g} s "
+            "(restart_quarantine)"
+        )
+
     def _hold(self, lock: Lock) -> None:
         held = self._held
         held.add(lock)
@@ -387,7 +415,7 @@ class AsyncRedlock:
         are released in the background once their SET is over. Nodes that said
         no hold nothing of ours. Every task started is added to ``spawned``."""
         self._undo_later(rnd, key, token, node_timeout, spawned, include_yes=False)
-        yes = [i for i, o in enumerate(rnd.outcomes) if o.vote is Vote.YES]
+        yes = [i for i, o in enumerate(rnd.outcomes) if o.vote in _SET]
         if yes:
             now = self._release_round(
                 [self._nodes[i] for i in yes],
@@ -414,7 +442,7 @@ class AsyncRedlock:
         idx = [
             i
             for i, o in enumerate(rnd.outcomes)
-            if o.vote is not Vote.NO and (include_yes or o.vote is not Vote.YES)
+            if o.vote is not Vote.NO and (include_yes or o.vote not in _SET)
         ]
         if idx:
             spawned += self._release_round(
@@ -474,11 +502,11 @@ class AsyncRedlock:
     async def _extend(self, lock: Lock, ttl: float | None) -> float:
         if lock._released:
             raise LockLost(f"cannot extend {lock.resource!r}: it was released")
-        ttl_s = (
-            lock.ttl
-            if ttl is None
-            else _config.check_ttl(ttl, self.settings.drift_factor)
-        )
+        if ttl is None:
+            ttl_s = lock.ttl
+        else:
+            ttl_s = _config.check_ttl(ttl, self.settings.drift_factor)
+            self._max_ttl = max(self._max_ttl, ttl_s)
         start = self.clock()
         old_deadline = lock.valid_until
         if lock.lost or start >= old_deadline:
@@ -497,6 +525,7 @@ class AsyncRedlock:
             needed=self.quorum,
             after=lock._tails,
             spawn=self._spawn,
+            vet=self._quarantined,
         )
         lock._tails = rnd.tasks
         decision = await rnd.decided
@@ -598,7 +627,9 @@ class AsyncRedlock:
         key = _config.key_for(self.settings.key_prefix, resource)
         if ttl is None:
             return key, self.settings.ttl
-        return key, _config.check_ttl(ttl, self.settings.drift_factor)
+        ttl_s = _config.check_ttl(ttl, self.settings.drift_factor)
+        self._max_ttl = max(self._max_ttl, ttl_s)
+        return key, ttl_s
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)

@@ -24,6 +24,8 @@ from ._node import Node
 from ._quorum import Decision, NodeOutcome, Tally, Vote
 
 Request: TypeAlias = Callable[[Node], Awaitable[bool]]
+#: Says why a node's yes must not count (None: it counts).
+Vet: TypeAlias = Callable[[Node], "str | None"]
 Spawn: TypeAlias = Callable[[Coroutine[Any, Any, bool]], "asyncio.Task[bool]"]
 
 
@@ -40,9 +42,11 @@ class Round:
     :param after: per node, a task this request must wait for first.
     :param spawn: creates the per-node tasks (the owner tracks them, so that
         none outlives the client).
+    :param vet: checked on each yes; a reason turns it into a
+        :attr:`Vote.QUARANTINED` that does not count.
     """
 
-    __slots__ = ("_expired", "_timers", "decided", "outcomes", "tally", "tasks")
+    __slots__ = ("_expired", "_timers", "_vet", "decided", "outcomes", "tally", "tasks")
 
     def __init__(
         self,
@@ -54,8 +58,10 @@ class Round:
         spawn: Spawn,
         wait_all: bool = False,
         after: Sequence[asyncio.Task[bool] | None] | None = None,
+        vet: Vet | None = None,
     ) -> None:
         loop = asyncio.get_running_loop()
+        self._vet = vet
         n = len(nodes)
         self.tally = Tally(n, needed)
         self.decided: asyncio.Future[Decision] = loop.create_future()
@@ -99,7 +105,7 @@ class Round:
         else:
             exc = task.exception()
             if exc is None:
-                outcome = NodeOutcome(node.name, Vote.YES if task.result() else Vote.NO)
+                outcome = self._vote(node, task.result())
             else:
                 err = NodeError(node.name, f"{type(exc).__name__}: {exc}")
                 err.__cause__ = exc
@@ -113,6 +119,14 @@ class Round:
                 self.decided.set_result(decision)
         elif decision is not Decision.PENDING:
             self.decided.set_result(decision)
+
+    def _vote(self, node: Node, yes: bool) -> NodeOutcome:
+        if not yes:
+            return NodeOutcome(node.name, Vote.NO)
+        why = None if self._vet is None else self._vet(node)
+        if why is None:
+            return NodeOutcome(node.name, Vote.YES)
+        return NodeOutcome(node.name, Vote.QUARANTINED, NodeError(node.name, why))
 
     def pending(self) -> list[asyncio.Task[bool]]:
         """The requests still in flight."""

@@ -130,8 +130,13 @@ def cluster5(_cluster5: LocalCluster) -> Iterator[LocalCluster]:
 @pytest.fixture
 async def redlock(cluster: LocalCluster) -> AsyncIterator[AsyncRedlock]:
     """An AsyncRedlock over the 3 nodes, with settings generous enough for a
-    loaded 2-core machine: TTL 5 s, per-node timeout 1 s."""
+    loaded 2-core machine: TTL 5 s, per-node timeout 1 s, no restart quarantine."""
     async with AsyncRedlock(
-        cluster.urls, ttl=5.0, node_timeout=1.0, retry_delay=0.01
+        cluster.urls,
+        ttl=5.0,
+        node_timeout=1.0,
+        retry_delay=0.01,
+        # Nodes the suite started: no lock could predate them.
+        restart_quarantine=0,
     ) as rl:
         yield rl

@@ -120,6 +120,7 @@ def test_demo_on_given_nodes(
     argv = ["demo", "--duration", "1.0", "--workers", "4", "--no-live"]
     for url in cluster.urls:
         argv += ["--node", url]
+    argv += ["--restart-quarantine", "0"]  # the fixture's nodes are fresh
     pids = [server.pid for server in cluster]
 
     assert main(argv) == 0
@@ -143,6 +144,7 @@ def test_demo_live_table_with_rich(
     argv = ["demo", "--duration", "1.0", "--workers", "2", "--resource", "live"]
     for url in cluster.urls:
         argv += ["--node", url]
+    argv += ["--restart-quarantine", "0"]  # the fixture's nodes are fresh
 
     assert main(argv) == 0
 

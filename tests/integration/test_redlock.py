@@ -5,6 +5,7 @@ node, auto-extension, loss, cancellation and expiry."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import time
 
@@ -24,6 +25,10 @@ from redlock_aio._scripts import EXTEND, EXTEND_SHA, RELEASE, RELEASE_SHA
 from redlock_aio.testing import HungNode, LocalCluster
 
 pytestmark = pytest.mark.integration
+
+# The suite starts its nodes itself, so nothing held locks on them before: the
+# restart quarantine (tested in test_quarantine.py) would only delay these tests.
+Redlock = functools.partial(AsyncRedlock, restart_quarantine=0)
 
 
 async def settle(lock: Lock) -> list[bool | None]:
@@ -66,7 +71,7 @@ async def test_acquire_extend_release_round_trip(
 async def test_lock_block_round_trip_with_client_objects(cluster: LocalCluster) -> None:
     clients = [Redis.from_url(url) for url in cluster.urls]
     try:
-        async with AsyncRedlock(clients, ttl=5.0) as rl:
+        async with Redlock(clients, ttl=5.0) as rl:
             async with rl.lock("orders:42") as lock:
                 await settle(lock)
                 assert keys(cluster, b"orders:42") == [lock.token] * 3
@@ -115,7 +120,7 @@ async def test_mutual_exclusion_read_sleep_write(cluster: LocalCluster) -> None:
                 holders -= 1
 
     redlocks = [
-        AsyncRedlock(cluster.urls, ttl=5.0, node_timeout=1.0, retry_delay=0.005)
+        Redlock(cluster.urls, ttl=5.0, node_timeout=1.0, retry_delay=0.005)
         for _ in range(4)
     ]
     try:
@@ -138,7 +143,7 @@ async def test_every_subset_of_occupied_nodes(
     holder's keys, and leaves no key of its own when it fails."""
     nodes = cluster if n == 3 else cluster5
     quorum = n // 2 + 1
-    async with AsyncRedlock(nodes.urls, ttl=5.0, node_timeout=1.0) as rl:
+    async with Redlock(nodes.urls, ttl=5.0, node_timeout=1.0) as rl:
         for mask in range(1 << n):
             occupied = [i for i in range(n) if mask >> i & 1]
             for i in occupied:
@@ -197,7 +202,7 @@ async def test_hung_node_costs_at_most_the_node_timeout(cluster: LocalCluster) -
     with HungNode() as hung_a, HungNode() as hung_b, HungNode() as hung_c:
         # A healthy majority: the quorum decides without waiting for the hung
         # node, even with a per-node timeout far longer than this test.
-        async with AsyncRedlock(
+        async with Redlock(
             [*cluster.urls[:2], hung_a.url], ttl=120.0, node_timeout=60.0
         ) as rl:
             t0 = time.monotonic()
@@ -211,7 +216,7 @@ async def test_hung_node_costs_at_most_the_node_timeout(cluster: LocalCluster) -
             await lock.release()
             assert lock.released
         # A hung majority: the attempt fails once the per-node timeout is over.
-        async with AsyncRedlock(
+        async with Redlock(
             [cluster.urls[0], hung_b.url, hung_c.url], ttl=10.0, node_timeout=0.3
         ) as rl:
             t0 = time.monotonic()
@@ -231,8 +236,8 @@ async def test_auto_extension_keeps_the_lock_for_several_ttls(
     cluster: LocalCluster,
 ) -> None:
     async with (
-        AsyncRedlock(cluster.urls, ttl=1.0, node_timeout=0.25) as holder,
-        AsyncRedlock(cluster.urls, ttl=1.0, node_timeout=0.25) as other,
+        Redlock(cluster.urls, ttl=1.0, node_timeout=0.25) as holder,
+        Redlock(cluster.urls, ttl=1.0, node_timeout=0.25) as other,
     ):
         async with holder.lock("r") as lock:
             first_deadline = lock.valid_until
@@ -247,7 +252,7 @@ async def test_auto_extension_keeps_the_lock_for_several_ttls(
 
 
 async def test_losing_the_majority_cancels_the_body(cluster: LocalCluster) -> None:
-    async with AsyncRedlock(cluster.urls, ttl=1.5, node_timeout=0.25) as rl:
+    async with Redlock(cluster.urls, ttl=1.5, node_timeout=0.25) as rl:
         reached = False
         t0 = time.monotonic()
         with pytest.raises(LockLost):
@@ -318,7 +323,7 @@ async def test_quorum_returns_early_and_a_late_set_is_still_released(
 
 
 async def test_unreleased_lock_expires_after_its_ttl(cluster: LocalCluster) -> None:
-    async with AsyncRedlock(cluster.urls, ttl=0.5, node_timeout=0.1) as rl:
+    async with Redlock(cluster.urls, ttl=0.5, node_timeout=0.1) as rl:
         lock = await rl.acquire("r")
         await asyncio.sleep(0.8)
         assert lock.lost
@@ -353,14 +358,14 @@ async def test_waiter_gets_the_lock_after_release(
 async def test_fewer_than_three_nodes_work_with_a_warning(
     n_nodes: int, cluster: LocalCluster, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with AsyncRedlock(cluster.urls[:n_nodes]) as rl, rl.lock("r"):
+    async with Redlock(cluster.urls[:n_nodes]) as rl, rl.lock("r"):
         pass
     assert "odd number >= 3" in caplog.text
 
 
 async def test_many_concurrent_locks_on_distinct_keys(cluster: LocalCluster) -> None:
     """More concurrent locks than the pool has connections: they queue, none fails."""
-    async with AsyncRedlock(cluster.urls, ttl=10.0, node_timeout=5.0) as rl:
+    async with Redlock(cluster.urls, ttl=10.0, node_timeout=5.0) as rl:
         locks = await asyncio.gather(*(rl.acquire(f"k{i}") for i in range(200)))
         assert cluster.dbsize() == [200] * 3
         await asyncio.gather(*(lock.release() for lock in locks))

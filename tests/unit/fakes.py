@@ -35,6 +35,7 @@ class FakeNode:
     store: dict[bytes, tuple[bytes, float]] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
     closed: bool = False
+    started_at: float | None = None
 
     @property
     def identity(self) -> str:

@@ -4,6 +4,7 @@ arithmetic, quorum decisions, cleanup, extension and loss, with no sockets."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -295,3 +296,29 @@ async def test_manual_release_inside_a_block_is_fine() -> None:
             await lock.release()
         assert lock.released
         assert not lock.lost
+
+
+async def test_restart_quarantine_defaults_to_the_largest_ttl_in_use() -> None:
+    clock = FakeClock()
+    nodes = fake_nodes(3, clock)
+    now = time.monotonic()
+    nodes[0].started_at = now - 100  # long up
+    nodes[1].started_at = now - 100
+    nodes[2].started_at = now - 20  # restarted 20 s ago
+    async with make(nodes, clock, ttl=10.0) as rl:
+        lock = await rl.acquire("r")  # 20 s > 10 s: counts
+        await lock.release()
+        nodes[1].started_at = now  # restarted just now
+        # With a 30 s TTL in use, a node up 20 s is still quarantined.
+        with pytest.raises(LockNotAcquired, match="restart_quarantine") as info:
+            await rl.acquire("r", ttl=30.0, blocking=False)
+        votes = [o.vote for o in info.value.outcomes]
+        assert votes == [Vote.YES, Vote.QUARANTINED, Vote.QUARANTINED]
+    assert all(not n.store for n in nodes)
+
+
+async def test_restart_quarantine_zero_counts_every_node() -> None:
+    clock = FakeClock()
+    nodes = fake_nodes(3, clock, started_at=time.monotonic())
+    async with make(nodes, clock, restart_quarantine=0) as rl:
+        await (await rl.acquire("r")).release()
