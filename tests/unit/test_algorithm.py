@@ -322,3 +322,15 @@ async def test_restart_quarantine_zero_counts_every_node() -> None:
     nodes = fake_nodes(3, clock, started_at=time.monotonic())
     async with make(nodes, clock, restart_quarantine=0) as rl:
         await (await rl.acquire("r")).release()
+
+
+async def test_a_shorter_extend_shortens_the_validity() -> None:
+    clock = FakeClock()
+    nodes = fake_nodes(3, clock)
+    async with make(nodes, clock, ttl=10.0) as rl:
+        lock = await rl.acquire("r")
+        start = clock()
+        await lock.extend(2.0)  # the keys now expire in 2 s: so must the lock
+        assert lock.valid_until == pytest.approx(start + 2.0 - (0.02 + 0.002))
+        assert [o.vote for o in lock.outcomes] == [Vote.YES] * 3
+        await lock.release()
