@@ -74,9 +74,6 @@ class Lock:
     :ivar ttl: the TTL of the last successful acquire or extend, in seconds.
     :ivar valid_until: monotonic time (the AsyncRedlock's clock) until which the
         lock is known held.
-    :ivar outcomes: what each node answered in the latest acquire, extend or
-        release, as it stood when that round was decided (a node still
-        ``pending`` then did not count).
     """
 
     __slots__ = (
@@ -86,8 +83,8 @@ class Lock:
         "_redlock",
         "_released",
         "_tails",
+        "_outcomes",
         "key",
-        "outcomes",
         "resource",
         "token",
         "ttl",
@@ -114,7 +111,14 @@ class Lock:
         self._released = False
         self._lost_reason: str | None = None
         self._lost_callbacks: list[Callable[[Lock], object]] = []
-        self.outcomes: tuple[NodeOutcome, ...] = ()
+        self._outcomes: list[NodeOutcome] = []
+
+    @property
+    def outcomes(self) -> tuple[NodeOutcome, ...]:
+        """What each node answered to the latest acquire, extend or release.
+        A node slower than the quorum shows ``pending`` until it answers; its
+        late answer is shown then, but it did not count."""
+        return tuple(self._outcomes)
 
     def remaining(self) -> float:
         """Seconds of validity left (0.0 once expired, lost or released)."""
@@ -354,7 +358,7 @@ class AsyncRedlock:
                         lock = Lock(
                             self, resource, key, token, ttl_s, valid_until, rnd.tasks
                         )
-                        lock.outcomes = tuple(rnd.outcomes)
+                        lock._outcomes = rnd.outcomes
                         self._hold(lock)
                         return lock
                 done, rnd = rnd, None
@@ -534,16 +538,15 @@ class AsyncRedlock:
             vet=self._quarantined,
         )
         lock._tails = rnd.tasks
+        lock._outcomes = rnd.outcomes
         decision = await rnd.decided
         now = self.clock()
         if decision is Decision.REACHED and now < old_deadline:
             new_deadline = validity_deadline(start, ttl_s, self.settings.drift_factor)
             if now < new_deadline:
                 lock.valid_until = new_deadline
-                lock.outcomes = tuple(rnd.outcomes)
                 lock.ttl = ttl_s
                 return lock.valid_until - now
-        lock.outcomes = tuple(rnd.outcomes)
         gone = sum(o.vote is Vote.NO for o in rnd.outcomes)
         if now >= old_deadline or gone >= self.quorum:
             why = (
@@ -579,7 +582,7 @@ class AsyncRedlock:
         try:
             await wait_shielded(rnd.decided)
         finally:
-            lock.outcomes = tuple(rnd.outcomes)
+            lock._outcomes = rnd.outcomes
             confirmed = sum(o.vote in (Vote.YES, Vote.NO) for o in rnd.outcomes)
             if rnd.decided.done() and confirmed >= self.quorum:
                 lock._released = True
