@@ -8,7 +8,6 @@ import asyncio
 import functools
 import random
 import signal
-import subprocess
 import sys
 import textwrap
 import time
@@ -161,29 +160,32 @@ async def test_6_a_paused_holder_learns_it_lost_the_lock_and_spares_the_new_hold
     """The holder's process is SIGSTOPped for longer than the TTL; another
     client takes the lock; on SIGCONT the holder learns the lock is lost
     without extending it, and its release leaves the new holder's key alone."""
-    child = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, *cluster.urls],
-        stdout=subprocess.PIPE,
-        text=True,
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        HOLDER,
+        *cluster.urls,
+        stdout=asyncio.subprocess.PIPE,
     )
     try:
         assert child.stdout is not None
-        line = await asyncio.to_thread(child.stdout.readline)
+        line = (await child.stdout.readline()).decode()
         assert line.startswith("held"), line
         child.send_signal(signal.SIGSTOP)
         async with Redlock(cluster.urls, ttl=10.0, node_timeout=0.5) as rl:
             lock = await rl.acquire("r", timeout=10.0)  # once the old TTL is over
             await settle(lock)
             child.send_signal(signal.SIGCONT)
-            out, _ = await asyncio.to_thread(child.communicate, timeout=30)
+            out = (await asyncio.wait_for(child.stdout.read(), 30)).decode()
             assert out.startswith("lost"), out
             assert keys(cluster) == [lock.token] * 3  # not deleted by the old holder
             await lock.release()
+        assert await child.wait() == 0
     finally:
-        if child.poll() is None:
+        if child.returncode is None:
             child.send_signal(signal.SIGCONT)
             child.kill()
-            child.wait()
+            await child.wait()
 
 
 async def test_8_a_majority_ok_after_the_deadline_is_lost_not_renewed(
