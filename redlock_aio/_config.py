@@ -13,8 +13,10 @@ from ._quorum import DRIFT_FLOOR, clock_drift
 DEFAULT_TTL = 10.0
 #: Default drift factor: 1% of the TTL, plus 2 ms.
 DEFAULT_DRIFT_FACTOR = 0.01
-#: Default per-node timeout, as a fraction of the TTL (redsync uses the same idea).
+#: Default per-node timeout, as a fraction of the TTL (redsync uses the same idea),
+#: capped: a lock held for days should not wait minutes on a dead node.
 NODE_TIMEOUT_FACTOR = 0.05
+NODE_TIMEOUT_CAP = 1.0
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ class Settings:
         budget = ttl - clock_drift(ttl, self.drift_factor)
         base = self.node_timeout
         if base is None:
-            base = ttl * NODE_TIMEOUT_FACTOR
+            base = min(ttl * NODE_TIMEOUT_FACTOR, NODE_TIMEOUT_CAP)
         return min(base, budget)
 
 
@@ -130,6 +132,15 @@ def check_timeout(timeout: object) -> float | None:
     return non_negative("timeout", timeout)
 
 
+def show(resource: object, limit: int = 80) -> str:
+    """``repr(resource)`` cut to ``limit`` characters: a 1 MB resource must not
+    make a 1 MB error message or log line."""
+    text = repr(resource)
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 20]}...({len(text)} chars)"
+
+
 def key_for(prefix: bytes, resource: object) -> bytes:
     """The Redis key of ``resource``: the prefix followed by its bytes (str is
     UTF-8 encoded; bytes are used as they are)."""
@@ -143,7 +154,7 @@ def key_for(prefix: bytes, resource: object) -> bytes:
             raise ConfigurationError("resource must not be empty")
         return prefix + raw
     raise ConfigurationTypeError(
-        f"resource must be str or bytes, got {type(resource).__name__} {resource!r}"
+        f"resource must be str or bytes, got {type(resource).__name__} {show(resource)}"
     )
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, final
 
 import anyio
 
+from ._config import show
 from ._errors import ExtendError, LockLost, RedlockError, ReleaseError
 from ._round import wait_tasks_shielded
 
@@ -138,7 +139,9 @@ class LockContext:
         if lost and (exc is None or swallowed):
             raise _lost_error(lock) from (exc if swallowed else None)
         if lost and exc is not None:
-            _note(exc, f"the lock on {lock.resource!r} was lost: {lock._lost_reason}")
+            _note(
+                exc, f"the lock on {show(lock.resource)} was lost: {lock._lost_reason}"
+            )
         return swallowed
 
     async def _keep(self, lock: Lock) -> None:
@@ -191,7 +194,7 @@ def _current_task() -> asyncio.Task[object] | None:
 
 def _lost_error(lock: Lock) -> LockLost:
     return LockLost(
-        f"lock {lock.resource!r} was lost while the block ran: {lock._lost_reason}"
+        f"lock {show(lock.resource)} was lost while the block ran: {lock._lost_reason}"
     )
 
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, final
 from redis.asyncio import Redis
 
 from . import _config
-from ._config import Settings
+from ._config import Settings, show
 from ._errors import (
     ConfigurationError,
     ConfigurationTypeError,
@@ -190,7 +190,7 @@ class Lock:
             try:
                 callback(self)
             except Exception:
-                logger.exception("on_lost callback for %r failed", self.resource)
+                logger.exception("on_lost callback for %s failed", show(self.resource))
 
     async def __aenter__(self) -> Self:
         return self
@@ -210,7 +210,7 @@ class Lock:
             state = "lost"
         else:
             state = f"valid for {self.remaining():.3f} s"
-        return f"<Lock {self.resource!r} {state}>"
+        return f"<Lock {show(self.resource)} {state}>"
 
 
 @final
@@ -229,7 +229,7 @@ class AsyncRedlock:
         closed by :meth:`aclose`; clients passed in are left open.
     :param ttl: default lock lifetime in seconds.
     :param node_timeout: seconds each node gets per request (default: 5% of the
-        TTL). A node that is down or slower counts as a failure.
+        TTL, at most 1 s). A node that is down or slower counts as a failure.
     :param drift_factor: share of the TTL assumed lost to clock drift; the drift
         is ``ttl * drift_factor + 2 ms``.
     :param retry_count: retries after the first attempt of a blocking acquire
@@ -502,7 +502,7 @@ class AsyncRedlock:
         )
         when = f" within {timeout} s" if timeout is not None else ""
         return LockNotAcquired(
-            f"could not acquire {resource!r}{when} after {attempts} attempt(s): {why}",
+            f"could not acquire {show(resource)}{when} after {attempts} attempt(s): {why}",
             outcomes,
             attempts,
         )
@@ -511,7 +511,7 @@ class AsyncRedlock:
 
     async def _extend(self, lock: Lock, ttl: float | None) -> float:
         if lock._released:
-            raise LockLost(f"cannot extend {lock.resource!r}: it was released")
+            raise LockLost(f"cannot extend {show(lock.resource)}: it was released")
         if ttl is None:
             ttl_s = lock.ttl
         else:
@@ -521,7 +521,7 @@ class AsyncRedlock:
         old_deadline = lock.valid_until
         if lock.lost or start >= old_deadline:
             raise LockLost(
-                f"cannot extend {lock.resource!r}: {lock._lost_reason}; "
+                f"cannot extend {show(lock.resource)}: {lock._lost_reason}; "
                 "a lost lock is never revived"
             )
         px = _config.ttl_ms(ttl_s)
@@ -555,9 +555,9 @@ class AsyncRedlock:
                 else f"the key is gone or taken on {gone} of {len(self._nodes)} nodes"
             )
             lock._mark_lost(why)
-            raise LockLost(f"lock {lock.resource!r} lost: {why}", rnd.outcomes)
+            raise LockLost(f"lock {show(lock.resource)} lost: {why}", rnd.outcomes)
         raise ExtendError(
-            f"could not extend {lock.resource!r}: "
+            f"could not extend {show(lock.resource)}: "
             f"{sum(o.ok for o in rnd.outcomes)} of {len(self._nodes)} nodes extended it, "
             f"{self.quorum} needed; it stays valid for {lock.remaining():.3f} s",
             rnd.outcomes,
@@ -568,7 +568,7 @@ class AsyncRedlock:
             return
         if self._nodes_closed:
             raise ReleaseError(
-                f"cannot release {lock.resource!r}: the AsyncRedlock was closed "
+                f"cannot release {show(lock.resource)}: the AsyncRedlock was closed "
                 "(its connections too); the keys expire by their TTL"
             )
         rnd = self._release_round(
@@ -589,7 +589,7 @@ class AsyncRedlock:
                 self._held.discard(lock)
         if not lock._released:
             raise ReleaseError(
-                f"release of {lock.resource!r} confirmed by {confirmed} of "
+                f"release of {show(lock.resource)} confirmed by {confirmed} of "
                 f"{len(self._nodes)} nodes, {self.quorum} needed; the keys expire "
                 "by their TTL, and release() may be called again",
                 rnd.outcomes,
