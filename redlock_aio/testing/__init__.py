@@ -1,5 +1,7 @@
 """Tools to test Redlock code against real faults (public).
 
+- ``_checker``: :class:`MutexChecker`, which finds overlapping lock windows,
+  also across processes.
 - ``_servers``: real local redis-server processes (:class:`RedisServer`,
   :class:`LocalCluster`) that a test can kill, pause, resume and restart, and
   :class:`HungNode`, a port that accepts connections and never answers.
@@ -10,6 +12,11 @@ Nothing here is imported by the library itself; optional packages
 
 from __future__ import annotations
 
+from ._checker import (
+    Holding as Holding,
+    MutexChecker as MutexChecker,
+    Violation as Violation,
+)
 from ._servers import (
     ENV_VAR as ENV_VAR,
     HungNode as HungNode,
@@ -24,11 +31,14 @@ from ._servers import (
 
 __all__ = [
     "ENV_VAR",
+    "Holding",
     "HungNode",
     "LocalCluster",
+    "MutexChecker",
     "RedisReplyError",
     "RedisServer",
     "RedisServerNotFound",
+    "Violation",
     "docker_available",
     "find_redis_server",
     "free_port",
