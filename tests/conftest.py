@@ -56,6 +56,17 @@ def _no_asyncio_errors() -> Iterator[None]:
     assert not errors, f"asyncio reported: {errors}"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--soak-seconds",
+        default="60",
+        help="how long the soak test runs its fault schedule (default 60)",
+    )
+    parser.addoption(
+        "--soak-seed", default="1", help="seed of the soak's fault schedule"
+    )
+
+
 def pytest_report_header() -> str:
     try:
         path, source = find_redis_server()

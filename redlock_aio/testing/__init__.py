@@ -2,6 +2,8 @@
 
 - ``_checker``: :class:`MutexChecker`, which finds overlapping lock windows,
   also across processes.
+- ``_proxy``: :class:`FaultProxy`, an in-process TCP proxy that adds latency,
+  blackholes, resets or drops replies between one client and one node.
 - ``_servers``: real local redis-server processes (:class:`RedisServer`,
   :class:`LocalCluster`) that a test can kill, pause, resume and restart, and
   :class:`HungNode`, a port that accepts connections and never answers.
@@ -17,6 +19,7 @@ from ._checker import (
     MutexChecker as MutexChecker,
     Violation as Violation,
 )
+from ._proxy import FaultProxy as FaultProxy
 from ._servers import (
     ENV_VAR as ENV_VAR,
     HungNode as HungNode,
@@ -31,6 +34,7 @@ from ._servers import (
 
 __all__ = [
     "ENV_VAR",
+    "FaultProxy",
     "Holding",
     "HungNode",
     "LocalCluster",

@@ -1,0 +1,327 @@
+"""Tests of ``redlock_aio.testing._proxy.FaultProxy``: a real redis-server node
+behind the proxy, a redis-py client in front of it, one fault at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import redis.exceptions
+from redis.asyncio import Redis
+
+from redlock_aio import AsyncRedlock, LockNotAcquired, Vote
+from redlock_aio.testing._proxy import FaultProxy
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+
+    from redlock_aio.testing import LocalCluster
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+#: Generous bound for "must happen" on a loaded 2-core machine.
+ANSWER_TIMEOUT = 10.0
+#: Short bound for "must not happen": only ever used where silence is expected.
+SILENCE_TIMEOUT = 0.3
+
+
+@pytest.fixture
+async def proxy(cluster: LocalCluster) -> AsyncIterator[FaultProxy]:
+    """A proxy in front of node 0."""
+    async with FaultProxy("127.0.0.1", cluster[0].port) as p:
+        yield p
+
+
+@pytest.fixture
+async def client(proxy: FaultProxy) -> AsyncIterator[Redis]:
+    """A redis-py client of node 0 through the proxy."""
+    c = Redis.from_url(proxy.url)
+    try:
+        yield c
+    finally:
+        await c.aclose()
+
+
+async def answer(coro: Any) -> Any:
+    """Await *coro* under the "must happen" bound."""
+    return await asyncio.wait_for(coro, ANSWER_TIMEOUT)
+
+
+async def silent(coro: Any) -> None:
+    """Assert that *coro* gets no answer within the "must not happen" bound."""
+    with pytest.raises(asyncio.TimeoutError):  # TimeoutError from 3.11 on
+        await asyncio.wait_for(coro, SILENCE_TIMEOUT)
+
+
+async def eventually(check: Callable[[], bool]) -> None:
+    """Poll *check* until it holds, within the "must happen" bound."""
+    deadline = time.monotonic() + ANSWER_TIMEOUT
+    while not check():
+        assert time.monotonic() < deadline, "condition never held"
+        await asyncio.sleep(0.02)
+
+
+async def test_pass_through(
+    cluster: LocalCluster, proxy: FaultProxy, client: Redis
+) -> None:
+    assert proxy.mode == "pass"
+    assert proxy.url == f"redis://127.0.0.1:{proxy.port}/0"
+    assert await answer(client.ping()) is True
+    assert await answer(client.set("k", "v")) is True
+    assert await answer(client.get("k")) == b"v"
+    assert cluster[0].command("GET", "k") == b"v"  # the real node, not a fake
+    big = b"x" * 1_000_000  # many chunks each way
+    assert await answer(client.set("big", big)) is True
+    assert await answer(client.get("big")) == big
+    assert await answer(client.delete("k", "big")) == 2
+    assert proxy.connections == 1
+    assert proxy.total_connections == 1
+
+
+async def test_latency_delays_without_reordering(
+    proxy: FaultProxy, client: Redis
+) -> None:
+    assert await answer(client.ping())
+    proxy.add_latency(0.2)
+    assert proxy.mode == "latency"
+    t0 = time.monotonic()
+    assert await answer(client.ping())
+    assert time.monotonic() - t0 >= 0.4 - 0.01  # 0.2 s each way; lower bound only
+
+    proxy.add_latency(0.2, direction="request")
+    t0 = time.monotonic()
+    async with client.pipeline(transaction=False) as pipe:
+        for i in range(200):
+            pipe.echo(f"m{i}")
+        replies = await answer(pipe.execute())
+    assert time.monotonic() - t0 >= 0.2 - 0.01
+    assert replies == [f"m{i}".encode() for i in range(200)]
+
+    proxy.add_latency(0.2, direction="reply")
+    t0 = time.monotonic()
+    assert await answer(client.ping())
+    assert time.monotonic() - t0 >= 0.2 - 0.01
+
+    proxy.pass_through()
+    assert proxy.mode == "pass"
+    assert await answer(client.ping())
+    with pytest.raises(ValueError, match="direction"):
+        proxy.add_latency(0.1, direction="sideways")
+    with pytest.raises(ValueError, match="seconds"):
+        proxy.add_latency(-1.0)
+
+
+async def test_blackhole_times_out_and_heal_lets_new_clients_in(
+    cluster: LocalCluster, proxy: FaultProxy, client: Redis
+) -> None:
+    assert await answer(client.ping())
+    proxy.blackhole()
+    assert proxy.mode == "blackhole"
+    await silent(client.ping())
+    # New connections are accepted, and just as silent.
+    late = Redis.from_url(proxy.url)
+    try:
+        await silent(late.ping())
+    finally:
+        await late.aclose()
+    assert proxy.total_connections >= 2
+    # Only this path is partitioned: a direct client still reaches the node.
+    direct = Redis.from_url(cluster[0].url)
+    try:
+        assert await answer(direct.ping())
+    finally:
+        await direct.aclose()
+
+    proxy.heal()
+    assert proxy.mode == "pass"
+    fresh = Redis.from_url(proxy.url)
+    try:
+        assert await answer(fresh.ping())
+    finally:
+        await fresh.aclose()
+    # The old client's broken connection was reset; it reconnects.
+    assert await answer(client.ping())
+
+
+async def test_blackhole_drops_delayed_chunks_and_hides_the_node_closing(
+    cluster: LocalCluster, proxy: FaultProxy, client: Redis
+) -> None:
+    assert await answer(client.client_setname("victim"))
+    proxy.add_latency(0.5)
+    ping = asyncio.ensure_future(client.ping())
+    await asyncio.sleep(0.1)  # the PING is being delayed inside the proxy
+    proxy.blackhole()
+    await silent(asyncio.shield(ping))
+    # The node drops the connection: behind the partition the client hears nothing.
+    cluster[0].command("CLIENT", "KILL", "TYPE", "normal")
+    await silent(asyncio.shield(ping))
+    ping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await ping
+    proxy.heal()
+    assert await answer(client.ping())
+
+
+async def test_reset_raises_connection_error(proxy: FaultProxy, client: Redis) -> None:
+    assert await answer(client.ping())
+    assert proxy.connections == 1
+    proxy.reset()
+    assert proxy.mode == "reset"
+    with pytest.raises(redis.exceptions.ConnectionError):
+        await answer(client.ping())  # redis-py retries, and is reset each time
+    await eventually(lambda: proxy.connections == 0)
+    proxy.heal()
+    assert await answer(client.ping())
+
+
+async def test_drop_replies_applies_the_write_but_never_answers(
+    cluster: LocalCluster, proxy: FaultProxy, client: Redis
+) -> None:
+    assert await answer(client.ping())
+    proxy.drop_replies_after(0)
+    assert proxy.mode == "drop_replies"
+    await silent(client.set("k", "v"))
+    await eventually(lambda: cluster[0].command("GET", "k") == b"v")
+    cluster[0].command("DEL", "k")
+    proxy.heal()
+    assert await answer(client.ping())
+
+
+async def test_drop_replies_after_a_grace_period(
+    cluster: LocalCluster, proxy: FaultProxy, client: Redis
+) -> None:
+    proxy.drop_replies_after(ANSWER_TIMEOUT)
+    assert await answer(client.set("k", "v")) is True  # within the grace period
+    proxy.drop_replies_after(0)
+    await silent(client.delete("k"))
+    await eventually(lambda: cluster[0].command("EXISTS", "k") == 0)
+
+
+async def test_target_down_is_a_reset_unless_blackholed() -> None:
+    # A port bound but not listening: connections to it are refused.
+    with socket.socket() as closed_port:
+        closed_port.bind(("127.0.0.1", 0))
+        async with FaultProxy("127.0.0.1", closed_port.getsockname()[1]) as dead:
+            c = Redis.from_url(dead.url)
+            try:
+                with pytest.raises(redis.exceptions.ConnectionError):
+                    await answer(c.ping())
+                # Behind a partition the client cannot tell the node is down.
+                dead.blackhole()
+                await silent(c.ping())
+            finally:
+                await c.aclose()
+
+
+@pytest.mark.parametrize(
+    "host", ["10.0.0.1", "0.0.0.0", "::", "192.168.1.1", "example.com", "", "8.8.8.8"]
+)
+def test_refuses_non_loopback_addresses(host: str) -> None:
+    with pytest.raises(ValueError, match="loopback"):
+        FaultProxy(host, 6379)
+    with pytest.raises(ValueError, match="loopback"):
+        FaultProxy("127.0.0.1", 6379, host=host)
+
+
+def test_accepts_loopback_addresses_without_io() -> None:
+    for host in ("127.0.0.1", "127.5.6.7", "::1", "localhost"):
+        proxy = FaultProxy(host, 6379, host=host)
+        assert not proxy.running
+        with pytest.raises(RuntimeError, match="start"):
+            _ = proxy.port
+    with pytest.raises(ValueError, match="target_port"):
+        FaultProxy("127.0.0.1", 0)
+    with pytest.raises(TypeError):
+        FaultProxy("127.0.0.1", "6379")  # type: ignore[arg-type]
+
+
+async def test_aclose_closes_connections_and_leaves_no_task(
+    cluster: LocalCluster,
+) -> None:
+    proxy = await FaultProxy("127.0.0.1", cluster[0].port).start()
+    clients = [Redis.from_url(proxy.url) for _ in range(3)]
+    try:
+        for c in clients:
+            assert await answer(c.ping())
+        proxy.add_latency(0.5)
+        pending = asyncio.ensure_future(clients[0].ping())  # delayed in the proxy
+        await asyncio.sleep(0.1)
+        assert proxy.connections == 3
+        await proxy.aclose()
+        assert proxy.connections == 0
+        assert not proxy.running
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await answer(pending)  # reset by aclose
+        assert asyncio.all_tasks() == {asyncio.current_task()}
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await answer(clients[1].ping())  # refused: nothing listens
+        await proxy.aclose()  # idempotent
+        # It listens again on the same port.
+        port = proxy.port
+        await proxy.start()
+        assert proxy.port == port
+        proxy.heal()
+        clients.append(Redis.from_url(proxy.url))  # clients[2]'s pooled one was reset
+        assert await answer(clients[-1].ping())
+    finally:
+        await proxy.aclose()
+        for c in clients:
+            await c.aclose()
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+
+
+async def test_connection_counts(proxy: FaultProxy) -> None:
+    clients = [Redis.from_url(proxy.url) for _ in range(2)]
+    for c in clients:
+        assert await answer(c.ping())
+    assert proxy.connections == 2
+    assert proxy.total_connections == 2
+    for c in clients:
+        await c.aclose()
+    await eventually(lambda: proxy.connections == 0)
+    assert proxy.total_connections == 2
+
+
+async def test_redlock_with_one_node_partitioned(cluster: LocalCluster) -> None:
+    async with (
+        FaultProxy("127.0.0.1", cluster[0].port) as proxy,
+        # No restart quarantine: the nodes of the suite may be fresh.
+        AsyncRedlock(
+            [proxy.url, cluster.urls[1], cluster.urls[2]],
+            ttl=5,
+            node_timeout=0.3,
+            restart_quarantine=0,
+        ) as rl,
+    ):
+        proxy.blackhole()
+        # A majority still answers: acquire succeeds without node 0.
+        lock = await answer(rl.acquire("r", blocking=False))
+        assert [s.command("GET", "r") for s in cluster] == [
+            None,
+            lock.token,
+            lock.token,
+        ]
+        await answer(lock.release())
+        assert [s.command("GET", "r") for s in cluster] == [None, None, None]
+
+        # Node 1 is held by someone else: only node 0 could make the quorum,
+        # and it never answers, so its vote is a timeout.
+        cluster[1].command("SET", "r", "other", "PX", 60000)
+        try:
+            with pytest.raises(LockNotAcquired) as exc:
+                await answer(rl.acquire("r", blocking=False))
+            votes = [o.vote for o in exc.value.outcomes]
+            assert votes == [Vote.TIMEOUT, Vote.NO, Vote.YES]
+            assert [s.command("GET", "r") for s in cluster] == [None, b"other", None]
+        finally:
+            cluster[1].command("DEL", "r")
+
+        # Healed, node 0 takes part again.
+        proxy.heal()
+        lock = await answer(rl.acquire("r"))
+        await eventually(lambda: cluster[0].command("GET", "r") == lock.token)
+        await answer(lock.release())
+    assert [s.command("GET", "r") for s in cluster] == [None, None, None]
