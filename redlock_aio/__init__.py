@@ -7,6 +7,8 @@ General layout (imports flow down this list, never up):
 - ``_config``: checks of every argument, before any I/O.
 - ``_scripts``: the Lua scripts.
 - ``_node``: the per-node seam (``Node`` protocol, ``RedisNode`` on redis-py).
+- ``_wire``: ``MuxNode``, one multiplexed connection per node with a hiredis
+  reader: the default transport for node URLs.
 - ``_round``: one request to every node at once, decided at quorum.
 - ``_redlock``: the algorithm: ``AsyncRedlock`` and ``Lock``.
 - ``_hold``: ``async with redlock.lock(...)`` with auto-extension.
@@ -30,6 +32,7 @@ from ._hold import LockContext as LockContext
 from ._node import Node as Node, RedisNode as RedisNode
 from ._quorum import NodeOutcome as NodeOutcome, Vote as Vote
 from ._redlock import AsyncRedlock as AsyncRedlock, Lock as Lock
+from ._wire import MuxNode as MuxNode
 
 __version__ = "0.1.0"
 
@@ -44,6 +47,7 @@ __all__ = [
     "LockContext",
     "LockLost",
     "LockNotAcquired",
+    "MuxNode",
     # nodes and their answers
     "Node",
     "NodeError",

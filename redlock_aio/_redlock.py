@@ -39,6 +39,7 @@ from ._errors import (
 from ._node import Node, RedisNode, describe_url
 from ._quorum import Decision, NodeOutcome, Vote, quorum, validity_deadline
 from ._round import Request, Round, wait_shielded, wait_tasks_shielded
+from ._wire import MuxNode
 
 if sys.version_info >= (3, 11):
     from typing import Self
@@ -225,8 +226,9 @@ class AsyncRedlock:
     that (see README).
 
     :param nodes: ``redis://``, ``rediss://`` or ``unix://`` URLs, redis-py
-        asyncio clients, or :class:`Node` objects. Clients made from URLs are
-        closed by :meth:`aclose`; clients passed in are left open.
+        asyncio clients, or :class:`Node` objects. A URL gets one lean
+        multiplexed connection (:class:`MuxNode`), closed by :meth:`aclose`;
+        redis-py clients passed in are used as they are and left open.
     :param ttl: default lock lifetime in seconds.
     :param node_timeout: seconds each node gets per request (default: 5% of the
         TTL, at most 1 s). A node that is down or slower counts as a failure.
@@ -716,7 +718,7 @@ def _make_nodes(specs: Iterable[object]) -> tuple[Node, ...]:
     nodes: list[Node] = []
     for spec in specs:
         if isinstance(spec, str):
-            nodes.append(RedisNode.from_url(spec))
+            nodes.append(MuxNode.from_url(spec))
         elif isinstance(spec, Redis):
             nodes.append(RedisNode(spec))
         else:

@@ -1,0 +1,628 @@
+"""The lean per-node transport: :class:`MuxNode`, one multiplexed connection per
+node.
+
+A lock is on every request's hot path. redis-py's pooled client spends most of a
+request's client CPU on pool checkout and checkin, command packing and response
+callbacks. Here every concurrent request shares ONE connection: it is written at
+once (pipelined) and its future queued FIFO; an :class:`asyncio.Protocol` feeds
+what arrives into a ``hiredis.Reader`` and resolves the futures in order. No task,
+pool or lock per request once connected.
+
+Failure policy: anything that could desynchronise the FIFO (a request cancelled
+before its reply, a protocol error, a lost connection, a failed AUTH or SELECT)
+aborts the connection and fails every request still in flight on it with
+``redis.exceptions.ConnectionError``; the next request reconnects. A reply lost
+that way is harmless to the algorithm, which releases everywhere after a failed
+attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections import deque
+from typing import TYPE_CHECKING, Any, TypeAlias
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import hiredis
+from redis._parsers.base import BaseParser
+from redis.exceptions import (
+    AuthenticationError,
+    ConnectionError,
+    NoScriptError,
+    ResponseError,
+)
+
+from . import _scripts
+from ._errors import ConfigurationError
+from ._node import ServerFacts, describe_url
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Hashable
+
+__all__ = ["MuxNode", "encode_command"]
+
+logger = logging.getLogger("redlock_aio")
+
+Arg: TypeAlias = bytes | bytearray | memoryview | str | int | float
+#: A set-up command sent on every new connection: a label for messages, the
+#: encoded command, and what to do with its reply (``None``: it must succeed,
+#: or the connection fails; else the handler gets the reply, error or not).
+Setup: TypeAlias = "tuple[str, bytes, Callable[[object], None] | None]"
+
+# Pre-encoded command heads: the hot path only formats key, token and TTL in.
+_SET_HEAD = b"*6\r\n$3\r\nSET\r\n"
+_NX_PX = b"$2\r\nNX\r\n$2\r\nPX\r\n"
+_RELEASE_HEAD = b"*5\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n1\r\n" % (
+    _scripts.RELEASE_SHA.encode()
+)
+_EXTEND_HEAD = b"*6\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n1\r\n" % (
+    _scripts.EXTEND_SHA.encode()
+)
+_OK = b"OK"
+_INFO_SERVER = b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n"
+_CONFIG_GET_POLICY = b"*3\r\n$6\r\nCONFIG\r\n$3\r\nGET\r\n$16\r\nmaxmemory-policy\r\n"
+
+# URL query parameters: those MuxNode uses, and redis-py's pool and socket
+# tunings that have no meaning here (the caller's per-node timeout bounds every
+# request, and replies are always bytes). Any other one is refused, so that a
+# URL never silently means less than it says.
+_SSL_PARAMS = frozenset(
+    {
+        "ssl_cert_reqs",
+        "ssl_check_hostname",
+        "ssl_ca_certs",
+        "ssl_ca_path",
+        "ssl_certfile",
+        "ssl_keyfile",
+    }
+)
+_USED_PARAMS = frozenset({"db", "username", "password", "client_name"}) | _SSL_PARAMS
+_IGNORED_PARAMS = frozenset(
+    {
+        "socket_timeout",
+        "socket_connect_timeout",
+        "socket_keepalive",
+        "retry_on_timeout",
+        "max_connections",
+        "health_check_interval",
+        "timeout",
+        "decode_responses",
+        "encoding",
+        "encoding_errors",
+        "protocol",
+    }
+)
+
+
+def encode_command(args: tuple[Arg, ...]) -> bytes:
+    """``args`` as one RESP array of bulk strings (str as UTF-8, numbers in
+    decimal)."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if isinstance(arg, bytes):
+            data = arg
+        elif isinstance(arg, str):
+            data = arg.encode()
+        elif isinstance(arg, (bytearray, memoryview)):
+            data = bytes(arg)
+        elif isinstance(arg, bool):
+            raise TypeError("a bool is not a Redis command argument")
+        elif isinstance(arg, int):
+            data = b"%d" % arg
+        elif isinstance(arg, float):
+            data = repr(arg).encode()
+        else:
+            raise TypeError(
+                f"a Redis command argument must be bytes, str, int or float, "
+                f"got {type(arg).__name__}"
+            )
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+def _reply_error(message: str) -> Exception:
+    """The exception redis-py raises for this error reply (NoScriptError,
+    ReadOnlyError, OutOfMemoryError, AuthenticationError, ..., else
+    ResponseError), so that both transports fail alike."""
+    exc: Exception = BaseParser.parse_error(message)  # type: ignore[no-untyped-call]
+    return exc
+
+
+class _Conn(asyncio.Protocol):
+    """One connection: writes requests as they come, resolves their futures in
+    order as replies arrive.
+
+    The FIFO holds a future per request, or ``None`` for a set-up command
+    (AUTH, SELECT, INFO, ...), whose label and reply handler are in ``_setup``.
+    """
+
+    __slots__ = (
+        "_loop",
+        "_node",
+        "_reader",
+        "_setup",
+        "_transport",
+        "_waiters",
+        "failure",
+        "lost",
+    )
+
+    def __init__(self, node: MuxNode, loop: asyncio.AbstractEventLoop) -> None:
+        self._node = node
+        self._loop = loop
+        self._reader = hiredis.Reader(replyError=_reply_error)
+        self._waiters: deque[asyncio.Future[Any] | None] = deque()
+        self._setup: deque[tuple[str, Callable[[object], None] | None]] = deque()
+        self._transport: asyncio.Transport | None = None
+        #: Why the connection is unusable (exception class, message), once it is.
+        self.failure: tuple[type[Exception], str] | None = None
+        #: Resolves when the transport is closed for good (its socket released).
+        self.lost: asyncio.Future[None] = loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._node._conns.add(self)
+
+    def set_up(self, commands: list[Setup]) -> None:
+        """Write the set-up commands, before any request."""
+        transport = self._transport
+        assert transport is not None
+        for label, payload, handler in commands:
+            transport.write(payload)
+            self._waiters.append(None)
+            self._setup.append((label, handler))
+
+    def send(self, payload: bytes) -> asyncio.Future[Any]:
+        """Write one request now; its future resolves with the reply."""
+        fut = self._loop.create_future()
+        self._transport.write(payload)  # type: ignore[union-attr]
+        self._waiters.append(fut)
+        return fut
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        waiters = self._waiters
+        try:
+            reader.feed(data)
+            reply = reader.gets()
+            while reply is not False:
+                fut = waiters.popleft()
+                if fut is None:
+                    if self._set_up_reply(reply):
+                        return
+                elif not fut.done():
+                    if isinstance(reply, Exception):
+                        fut.set_exception(reply)
+                    else:
+                        fut.set_result(reply)
+                reply = reader.gets()
+        except (hiredis.HiredisError, IndexError) as exc:
+            what = "an unexpected reply" if isinstance(exc, IndexError) else exc
+            self.fail(ConnectionError, f"protocol error from {self._node.name}: {what}")
+
+    def _set_up_reply(self, reply: object) -> bool:
+        """Handle a set-up command's reply; True if it failed the connection."""
+        label, handler = self._setup.popleft()
+        if handler is not None:
+            try:
+                handler(reply)
+            except Exception:
+                logger.exception(
+                    "node %s: handling the %s reply", self._node.name, label
+                )
+            return False
+        if not isinstance(reply, Exception):
+            return False
+        name = self._node.name
+        if label == "AUTH":
+            self.fail(
+                AuthenticationError,
+                f"authentication to {name} failed: {reply} (check the user name "
+                "and password in the node URL)",
+            )
+        else:
+            self.fail(ConnectionError, f"{label} on {name} failed: {reply}")
+        return True
+
+    def eof_received(self) -> bool:
+        # Fail now, not at connection_lost: no request may be written meanwhile.
+        self.fail(ConnectionError, f"connection to {self._node.name} closed by server")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        why = f"{type(exc).__name__}: {exc}" if exc is not None else "closed by server"
+        self.fail(ConnectionError, f"connection to {self._node.name} lost ({why})")
+        self._node._conns.discard(self)
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def fail(self, exc_type: type[Exception], message: str) -> None:
+        """Make the connection unusable: abort it, and fail every request still
+        in flight on it with ``exc_type(message)``. Only the first call acts."""
+        if self.failure is not None:
+            return
+        self.failure = (exc_type, message)
+        self._node._forget(self)
+        waiters, self._waiters = self._waiters, deque()
+        for fut in waiters:
+            if fut is not None and not fut.done():
+                fut.set_exception(exc_type(message))
+        if self._transport is not None:
+            self._transport.abort()
+
+    def cancelled(self) -> None:
+        """A request was cancelled before its reply: its reply would go to the
+        next request, so the connection cannot be used any more."""
+        self.fail(
+            ConnectionError,
+            f"connection to {self._node.name} aborted: a request on it was "
+            "cancelled before its reply arrived",
+        )
+
+
+class MuxNode:
+    """A :class:`~redlock_aio._node.Node` on one multiplexed connection, written
+    by hand in RESP and read with hiredis.
+
+    Connects lazily; concurrent first requests share one connect. AUTH, SELECT
+    and CLIENT SETNAME are pipelined right after connecting, ahead of any
+    request. The scripts run by EVALSHA and are loaded again transparently after
+    NOSCRIPT (a ``SCRIPT FLUSH`` or a restart).
+
+    Error replies raise what redis-py raises for them (a ``ResponseError``
+    subclass such as ``NoScriptError``, ``ReadOnlyError``, ``OutOfMemoryError``;
+    ``AuthenticationError`` for NOAUTH/WRONGPASS); connection failures raise
+    ``redis.exceptions.ConnectionError``. Messages name the node, never a
+    password.
+
+    Every new connection also asks ``INFO server`` (and, until answered once,
+    ``CONFIG GET maxmemory-policy``) for :attr:`facts`: the server's start time
+    drives the restart quarantine. Those replies come before any request's, so
+    a request's answer is never vetted against stale facts.
+
+    Build one with :meth:`from_url`. :meth:`aclose` is final and idempotent.
+
+    :ivar facts: what the server said about itself on the latest connection.
+    :ivar connects: connections opened so far (for tests and monitoring).
+    """
+
+    __slots__ = (
+        "_closed",
+        "_conn",
+        "_connecting",
+        "_conns",
+        "_host",
+        "_path",
+        "_port",
+        "_setup",
+        "_ssl",
+        "connects",
+        "facts",
+        "identity",
+        "name",
+    )
+
+    def __init__(
+        self,
+        *,
+        host: str = "localhost",
+        port: int = 6379,
+        path: str | None = None,
+        db: int = 0,
+        username: str | None = None,
+        password: str | None = None,
+        client_name: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        name: str | None = None,
+        identity: Hashable | None = None,
+    ) -> None:
+        """Prefer :meth:`from_url`. ``path`` selects a unix socket (and ignores
+        host and port); ``name`` and ``identity`` default to those of the URL
+        that would describe the same node."""
+        if username is not None and password is None:
+            raise ConfigurationError("a user name needs a password")
+        self._host = host
+        self._port = port
+        self._path = path
+        self._ssl = ssl_context
+        if name is None or identity is None:
+            default: tuple[str, Hashable]
+            if path is not None:
+                default = (f"unix:{path}", ("unix", path, db))
+            else:
+                where = f"{host}:{port}" if db == 0 else f"{host}:{port}/{db}"
+                default = (where, ("tcp", host.lower(), port, db))
+            name = default[0] if name is None else name
+            identity = default[1] if identity is None else identity
+        self.name: str = name
+        self.identity: Hashable = identity
+        self.facts = ServerFacts(self.name)
+        self._setup: list[Setup] = []
+        if password is not None:
+            auth = (username, password) if username is not None else (password,)
+            self._setup.append(("AUTH", encode_command(("AUTH", *auth)), None))
+        if client_name is not None:
+            setname = encode_command(("CLIENT", "SETNAME", client_name))
+            self._setup.append(("CLIENT SETNAME", setname, None))
+        if db != 0:
+            self._setup.append((f"SELECT {db}", encode_command(("SELECT", db)), None))
+        self._setup.append(("INFO server", _INFO_SERVER, self._saw_info))
+        self._conn: _Conn | None = None
+        self._conns: set[_Conn] = set()
+        self._connecting: asyncio.Task[_Conn] | None = None
+        self._closed = False
+        self.connects = 0
+
+    @classmethod
+    def from_url(cls, url: str) -> MuxNode:
+        """A node for a ``redis://[[user]:password@]host[:port][/db]``,
+        ``rediss://...`` (TLS) or ``unix:///path/to/redis.sock[?db=N]`` URL.
+
+        Query parameters: ``db``, ``username``, ``password``, ``client_name``;
+        for ``rediss://``: ``ssl_cert_reqs`` (``none``, ``optional``,
+        ``required``: the default), ``ssl_check_hostname``, ``ssl_ca_certs``,
+        ``ssl_ca_path``, ``ssl_certfile``, ``ssl_keyfile``. redis-py's pool and
+        socket tunings (``socket_timeout``, ``max_connections``, ...) are
+        accepted and ignored.
+
+        :raises ConfigurationError: the URL is invalid or asks for something
+            this transport does not do (no I/O has been done, except reading
+            TLS certificate files).
+        """
+        name, identity = describe_url(url)
+        parts = urlsplit(url)
+        query: dict[str, str] = {}
+        for key, values in parse_qs(parts.query).items():
+            if key not in _USED_PARAMS and key not in _IGNORED_PARAMS:
+                raise ConfigurationError(
+                    f"node URL for {name}: unsupported parameter {key!r} "
+                    "(MuxNode; pass a redis-py client for anything it does not do)"
+                )
+            query[key] = values[0]
+        scheme = parts.scheme.lower()
+        # describe_url has validated the host, port and db.
+        if scheme == "unix":
+            path: str | None = unquote(parts.path)
+            host, port, db = "localhost", 6379, int(query.get("db") or 0)
+        else:
+            path = None
+            host = unquote(parts.hostname or "")
+            port = parts.port or 6379
+            db = int(query.get("db") or parts.path.strip("/") or 0)
+        username = unquote(parts.username) if parts.username else query.get("username")
+        password = unquote(parts.password) if parts.password else query.get("password")
+        tls = scheme == "rediss"
+        if not tls and any(key in _SSL_PARAMS for key in query):
+            raise ConfigurationError(
+                f"node URL for {name}: ssl_* parameters need a rediss:// URL"
+            )
+        return cls(
+            host=host,
+            port=port,
+            path=path,
+            db=db,
+            username=username or None,
+            password=password,
+            client_name=query.get("client_name"),
+            ssl_context=_ssl_context(name, query) if tls else None,
+            name=name,
+            identity=identity,
+        )
+
+    # -- the Node protocol ---------------------------------------------------------
+
+    async def set_nx(self, key: bytes, token: bytes, ttl_ms: int) -> bool:
+        ttl = b"%d" % ttl_ms
+        payload = b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n%s$%d\r\n%s\r\n" % (
+            _SET_HEAD,
+            len(key),
+            key,
+            len(token),
+            token,
+            _NX_PX,
+            len(ttl),
+            ttl,
+        )
+        return await self._call(payload) == _OK
+
+    async def release(self, key: bytes, token: bytes) -> bool:
+        payload = b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
+            _RELEASE_HEAD,
+            len(key),
+            key,
+            len(token),
+            token,
+        )
+        return await self._script(payload, _scripts.RELEASE) == 1
+
+    async def extend(self, key: bytes, token: bytes, ttl_ms: int) -> bool:
+        ttl = b"%d" % ttl_ms
+        payload = b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
+            _EXTEND_HEAD,
+            len(key),
+            key,
+            len(token),
+            token,
+            len(ttl),
+            ttl,
+        )
+        return await self._script(payload, _scripts.EXTEND) == 1
+
+    async def execute(self, *args: Arg) -> object:
+        """Any other command (``PING``, ``INFO``, ``CONFIG GET``, ...): the raw
+        RESP2 reply (bytes, int, None or a list; status replies as bytes)."""
+        return await self._call(encode_command(args))
+
+    async def aclose(self) -> None:
+        """Close the connection, failing requests still in flight, and wait
+        until its socket is released. The node cannot be used afterwards.
+        Idempotent."""
+        self._closed = True
+        task = self._connecting
+        if task is not None:
+            task.cancel()
+            await asyncio.wait((task,))
+        conns = list(self._conns)
+        for conn in conns:
+            conn.fail(ConnectionError, f"{self.name}: the node was closed")
+        for conn in conns:
+            await asyncio.shield(conn.lost)
+
+    @property
+    def started_at(self) -> float | None:
+        """When the server started (:func:`time.monotonic`), learned on the
+        latest connection; ``None`` before the first."""
+        return self.facts.started_at
+
+    def __repr__(self) -> str:
+        return f"MuxNode({self.name})"
+
+    # -- internals -------------------------------------------------------------------
+
+    async def _call(self, payload: bytes) -> object:
+        conn = self._conn
+        if conn is None:
+            conn = await self._connect()
+        fut = conn.send(payload)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if fut.cancelled():  # no reply yet: it would go to the next request
+                conn.cancelled()
+            raise
+
+    async def _script(self, payload: bytes, script: str) -> object:
+        try:
+            return await self._call(payload)
+        except NoScriptError:
+            await self._call(encode_command(("SCRIPT", "LOAD", script)))
+            return await self._call(payload)
+
+    async def _connect(self) -> _Conn:
+        """The connection, opened if needed; concurrent callers share one
+        connect, which a caller's cancellation does not interrupt."""
+        if self._closed:
+            raise ConnectionError(f"{self.name}: the node was closed")
+        task = self._connecting
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._open())
+            self._connecting = task
+            task.add_done_callback(self._connect_done)
+        try:
+            conn = await asyncio.shield(task)
+        except ConnectionError as exc:  # one exception object per waiter
+            raise type(exc)(str(exc)) from exc.__cause__
+        if conn.failure is not None:  # lost before this caller resumed
+            exc_type, message = conn.failure
+            raise exc_type(message)
+        return conn
+
+    def _connect_done(self, task: asyncio.Task[_Conn]) -> None:
+        if self._connecting is task:
+            self._connecting = None
+        if not task.cancelled():
+            task.exception()  # retrieved: every waiter may have been cancelled
+
+    async def _open(self) -> _Conn:
+        loop = asyncio.get_running_loop()
+
+        def factory() -> _Conn:
+            return _Conn(self, loop)
+
+        try:
+            if self._path is not None:
+                _, conn = await loop.create_unix_connection(factory, self._path)
+            else:
+                _, conn = await loop.create_connection(
+                    factory,
+                    self._host,
+                    self._port,
+                    ssl=self._ssl,
+                    server_hostname=self._host if self._ssl is not None else None,
+                )
+        except OSError as exc:  # refused, unreachable, TLS failure (ssl.SSLError)
+            raise ConnectionError(f"Error connecting to {self.name}: {exc}") from exc
+        except asyncio.CancelledError:
+            if self._closed:  # cancelled by aclose: the waiters are not cancelled
+                raise ConnectionError(f"{self.name}: the node was closed") from None
+            raise
+        if self._closed:
+            conn.fail(ConnectionError, f"{self.name}: the node was closed")
+            raise ConnectionError(f"{self.name}: the node was closed")
+        setup = self._setup
+        if not self.facts.eviction_checked:
+            setup = [*setup, ("CONFIG GET", _CONFIG_GET_POLICY, self._saw_policy)]
+        conn.set_up(setup)
+        self._conn = conn
+        self.connects += 1
+        return conn
+
+    def _saw_info(self, reply: object) -> None:
+        if isinstance(reply, bytes):
+            self.facts.saw_info(reply)
+        else:  # INFO renamed or denied by ACL: the quarantine cannot apply
+            logger.debug("node %s: cannot read INFO server: %s", self.name, reply)
+
+    def _saw_policy(self, reply: object) -> None:
+        if isinstance(reply, ResponseError):  # CONFIG renamed or denied by ACL
+            self.facts.eviction_checked = True
+            logger.debug("node %s: cannot read maxmemory-policy: %s", self.name, reply)
+        elif not isinstance(reply, Exception):  # else (NOAUTH, LOADING): next time
+            self.facts.saw_eviction_policy(reply)
+
+    def _forget(self, conn: _Conn) -> None:
+        if self._conn is conn:
+            self._conn = None
+
+
+def _ssl_context(name: str, query: dict[str, str]) -> ssl.SSLContext:
+    """The TLS context for a ``rediss://`` URL's ``ssl_*`` parameters, with
+    redis-py's meaning and ``ssl.create_default_context()``'s defaults."""
+    reqs = query.get("ssl_cert_reqs", "required").lower()
+    modes = {
+        "none": ssl.CERT_NONE,
+        "optional": ssl.CERT_OPTIONAL,
+        "required": ssl.CERT_REQUIRED,
+    }
+    if reqs not in modes:
+        raise ConfigurationError(
+            f"node URL for {name}: ssl_cert_reqs must be none, optional or required"
+        )
+    check = query.get("ssl_check_hostname")
+    check_hostname = reqs != "none" if check is None else _flag(name, check)
+    try:
+        ctx = ssl.create_default_context(
+            cafile=query.get("ssl_ca_certs"), capath=query.get("ssl_ca_path")
+        )
+        certfile = query.get("ssl_certfile")
+        if certfile is not None:
+            ctx.load_cert_chain(certfile, query.get("ssl_keyfile"))
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise ConfigurationError(
+            f"node URL for {name}: cannot load TLS certificates: {exc}"
+        ) from None
+    try:
+        ctx.check_hostname = check_hostname
+        ctx.verify_mode = modes[reqs]
+    except ValueError as exc:  # check_hostname with ssl_cert_reqs=none
+        raise ConfigurationError(f"node URL for {name}: {exc}") from None
+    return ctx
+
+
+def _flag(name: str, value: str) -> bool:
+    flags = {
+        "1": True,
+        "true": True,
+        "yes": True,
+        "0": False,
+        "false": False,
+        "no": False,
+    }
+    flag = flags.get(value.lower())
+    if flag is None:
+        raise ConfigurationError(f"node URL for {name}: not a boolean: {value!r}")
+    return flag

@@ -1,0 +1,631 @@
+"""MuxNode, the multiplexed transport, against real redis-server processes:
+command semantics, pipelining over one connection, NOSCRIPT, node failures,
+AUTH and SELECT, unix sockets, TLS (through a local TLS proxy), cancellation, a
+hung node, aclose, and the whole AsyncRedlock flow over MuxNodes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import ssl
+import subprocess
+import tempfile
+import time
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+import pytest
+import redis.exceptions
+
+from redlock_aio import AsyncRedlock, ConfigurationError, Lock
+from redlock_aio._node import Node, describe_url
+from redlock_aio._wire import MuxNode, encode_command
+from redlock_aio.testing import HungNode, LocalCluster, RedisServer, free_port
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Iterator
+    from pathlib import Path
+
+pytestmark = pytest.mark.integration
+
+#: Generous bound for "fails fast" on a loaded 2-core machine.
+FAST = 5.0
+
+
+@pytest.fixture
+async def node(cluster: LocalCluster) -> AsyncIterator[MuxNode]:
+    n = MuxNode.from_url(cluster.urls[0])
+    try:
+        yield n
+    finally:
+        await n.aclose()
+
+
+def pttl(server: RedisServer, key: bytes) -> int:
+    reply = server.command("PTTL", key)
+    assert isinstance(reply, int)
+    return reply
+
+
+def client_count(server: RedisServer) -> int:
+    """Clients connected to the server, not counting the probe itself."""
+    info = server.command("INFO", "clients")
+    assert isinstance(info, bytes)
+    for line in info.splitlines():
+        if line.startswith(b"connected_clients:"):
+            return int(line.split(b":")[1]) - 1
+    raise AssertionError(info)
+
+
+def other_tasks() -> set[asyncio.Task[object]]:
+    return {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
+
+
+async def eventually(check: Callable[[], bool], timeout: float = FAST) -> None:
+    """Wait until ``check()`` is true (server-side state settles asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+# -- construction -------------------------------------------------------------------
+
+
+def test_encode_command() -> None:
+    assert encode_command((b"SET", "k\u00e9", 12, 1.5, bytearray(b"x"))) == (
+        b"*5\r\n$3\r\nSET\r\n$3\r\nk\xc3\xa9\r\n$2\r\n12\r\n$3\r\n1.5\r\n$1\r\nx\r\n"
+    )
+    with pytest.raises(TypeError):
+        encode_command((b"SET", None))  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        encode_command((b"SET", True))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6390/0",
+        "redis://:s3cret@localhost:6390/2",
+        "redis://user:s3cret@127.0.0.1/0",
+        "redis://127.0.0.1:6390?db=4",
+        "unix:///tmp/redis.sock?db=1",
+        "rediss://127.0.0.1:6390/0?ssl_cert_reqs=none",
+    ],
+)
+def test_name_and_identity_match_describe_url(url: str) -> None:
+    n = MuxNode.from_url(url)
+    assert (n.name, n.identity) == describe_url(url)
+    assert isinstance(n, Node)
+    assert "s3cret" not in repr(n)
+    assert "s3cret" not in n.name
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://127.0.0.1/0", "scheme"),
+        ("redis://:s3cret@127.0.0.1/0?frobnicate=1", "unsupported parameter"),
+        ("redis://:s3cret@127.0.0.1/0?ssl_cert_reqs=none", "rediss://"),
+        ("rediss://:s3cret@127.0.0.1/0?ssl_ca_certs=/no/such/ca.pem", "certificates"),
+        ("rediss://:s3cret@127.0.0.1/0?ssl_cert_reqs=maybe", "ssl_cert_reqs"),
+        ("redis://user@127.0.0.1/0", "password"),
+    ],
+)
+def test_from_url_refuses_what_it_cannot_do(url: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message) as info:
+        MuxNode.from_url(url)
+    assert "s3cret" not in str(info.value)
+
+
+# -- commands -------------------------------------------------------------------------
+
+
+async def test_set_nx_extend_release(cluster: LocalCluster, node: MuxNode) -> None:
+    server = cluster[0]
+    assert await node.set_nx(b"k", b"tok", 5000) is True
+    assert server.command("GET", "k") == b"tok"
+    assert 4000 < pttl(server, b"k") <= 5000
+    assert await node.set_nx(b"k", b"other", 5000) is False  # NX: taken
+    assert server.command("GET", "k") == b"tok"
+
+    assert await node.extend(b"k", b"tok", 20000) is True
+    assert 15000 < pttl(server, b"k") <= 20000
+    assert await node.extend(b"k", b"other", 60000) is False  # not ours
+    assert pttl(server, b"k") <= 20000
+    assert await node.extend(b"gone", b"tok", 60000) is False  # never revived
+    assert server.command("EXISTS", "gone") == 0
+
+    assert await node.release(b"k", b"other") is False  # not ours
+    assert server.command("GET", "k") == b"tok"
+    assert await node.release(b"k", b"tok") is True
+    assert server.command("GET", "k") is None
+    assert await node.release(b"k", b"tok") is False  # already gone
+    assert node.connects == 1
+
+
+async def test_execute_and_error_replies(cluster: LocalCluster, node: MuxNode) -> None:
+    assert await node.execute("PING") == b"PONG"
+    assert await node.execute("ECHO", b"\x00\r\n") == b"\x00\r\n"
+    config = await node.execute("CONFIG", "GET", "appendonly")
+    assert config == [b"appendonly", b"no"]
+    info = await node.execute("INFO", "server")
+    assert isinstance(info, bytes)
+    assert b"redis_version" in info
+
+    assert await node.execute("RPUSH", "list", "x") == 1
+    with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+        await node.execute("GET", "list")
+    with pytest.raises(redis.exceptions.NoScriptError):
+        await node.execute("EVALSHA", "0" * 40, 0)
+    with pytest.raises(redis.exceptions.ResponseError, match="unknown command"):
+        await node.execute("NO-SUCH-COMMAND")
+    # An error reply answers its own request only: the FIFO stays in step.
+    assert await node.execute("ECHO", "after") == b"after"
+    assert await node.execute("DEL", "list") == 1
+    assert node.connects == 1
+
+
+async def test_pipelined_requests_share_one_connection(
+    cluster: LocalCluster, node: MuxNode
+) -> None:
+    n = 500
+    # Concurrent first requests share one connect.
+    pings = await asyncio.gather(*(node.execute("PING") for _ in range(20)))
+    assert pings == [b"PONG"] * 20
+    client_id = await node.execute("CLIENT", "ID")
+
+    # Replies come back in the order the requests were written.
+    counts = await asyncio.gather(*(node.execute("INCR", "counter") for _ in range(n)))
+    assert counts == list(range(1, n + 1))
+
+    keys = [b"key:%d" % i for i in range(n)]
+    tokens = [os.urandom(20) for _ in range(n)]
+    pairs = list(zip(keys, tokens, strict=True))
+    set_ = await asyncio.gather(*(node.set_nx(k, t, 10000) for k, t in pairs))
+    assert set_ == [True] * n
+    assert await asyncio.gather(*(node.execute("GET", k) for k in keys)) == tokens
+    extended = await asyncio.gather(*(node.extend(k, t, 20000) for k, t in pairs))
+    assert extended == [True] * n
+    released = await asyncio.gather(*(node.release(k, t) for k, t in pairs))
+    assert released == [True] * n
+
+    assert await node.execute("CLIENT", "ID") == client_id
+    assert node.connects == 1
+    assert client_count(cluster[0]) == 1
+    assert await node.execute("DEL", "counter") == 1
+
+
+async def test_noscript_after_script_flush_recovers(
+    cluster: LocalCluster, node: MuxNode
+) -> None:
+    assert await node.set_nx(b"k", b"tok", 5000)
+    assert await node.extend(b"k", b"tok", 6000)
+    cluster[0].command("SCRIPT", "FLUSH")
+    assert await node.extend(b"k", b"tok", 7000)
+    cluster[0].command("SCRIPT", "FLUSH")
+    assert await node.release(b"k", b"tok")
+    assert cluster[0].command("EXISTS", "k") == 0
+    assert node.connects == 1
+
+
+async def test_server_facts_learned_on_each_connection(
+    cluster: LocalCluster, node: MuxNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = cluster[0]
+    server.command("CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
+    try:
+        assert node.started_at is None  # not connected yet
+        with caplog.at_level(logging.WARNING, logger="redlock_aio"):
+            assert await node.execute("PING") == b"PONG"
+        # INFO was answered before the request, so the facts are there.
+        first = node.started_at
+        assert first is not None
+        assert first <= time.monotonic()
+        assert node.facts.eviction_checked
+        assert [r for r in caplog.records if "allkeys-lru" in r.getMessage()]
+        caplog.clear()
+        server.restart()
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await node.execute("PING")  # the old connection is gone
+        with caplog.at_level(logging.WARNING, logger="redlock_aio"):
+            assert await node.execute("PING") == b"PONG"
+        started = node.started_at
+        assert started is not None
+        assert started > first
+        assert time.monotonic() - started < 30
+        messages = [r.getMessage() for r in caplog.records]
+        assert any("restarted" in m for m in messages)
+        # The eviction policy is asked only once (and is the default again).
+        assert not any("maxmemory-policy" in m for m in messages)
+    finally:
+        if server.running:
+            server.command("CONFIG", "SET", "maxmemory-policy", "noeviction")
+
+
+# -- failures ---------------------------------------------------------------------------
+
+
+async def test_killed_node_fails_fast_and_recovers_after_restart(
+    cluster: LocalCluster, node: MuxNode
+) -> None:
+    assert await node.set_nx(b"k", b"tok", 5000)
+    cluster[0].kill()
+    t0 = time.monotonic()
+    # The connection is gone (or is found gone on this request), then the
+    # reconnect is refused: both fail at once.
+    for _ in range(2):
+        with pytest.raises(redis.exceptions.ConnectionError) as info:
+            await node.release(b"k", b"tok")
+        assert node.name in str(info.value)
+    assert time.monotonic() - t0 < FAST
+
+    cluster[0].restart()  # empty, scripts gone: release reloads its script
+    assert await node.set_nx(b"k", b"tok", 5000)
+    assert await node.release(b"k", b"tok")
+    assert await node.extend(b"k", b"tok", 5000) is False
+    assert node.connects == 2
+
+
+async def test_refused_connect_fails_fast() -> None:
+    port = free_port()
+    n = MuxNode.from_url(f"redis://:s3cret@127.0.0.1:{port}/0")
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(redis.exceptions.ConnectionError) as info:
+            await n.set_nx(b"k", b"tok", 1000)
+        assert time.monotonic() - t0 < FAST
+        assert f"127.0.0.1:{port}" in str(info.value)
+        assert "s3cret" not in str(info.value)
+        # Every concurrent waiter of the failed connect gets the error.
+        results = await asyncio.gather(
+            *(n.execute("PING") for _ in range(3)), return_exceptions=True
+        )
+        assert all(isinstance(r, redis.exceptions.ConnectionError) for r in results)
+    finally:
+        await n.aclose()
+
+
+async def test_password_protected_node(redis_binary: str) -> None:
+    with RedisServer(binary=redis_binary, password="s3cret") as server:
+        good = MuxNode.from_url(server.url)
+        anonymous = MuxNode.from_url(f"redis://127.0.0.1:{server.port}/0")
+        wrong = MuxNode.from_url(f"redis://:wr0ng@127.0.0.1:{server.port}/0")
+        acl = MuxNode.from_url(f"redis://default:s3cret@127.0.0.1:{server.port}/3")
+        try:
+            assert "s3cret" not in repr(good)
+            assert await good.set_nx(b"k", b"tok", 5000)
+            assert await good.release(b"k", b"tok")
+            assert await acl.set_nx(b"k", b"tok", 5000)  # AUTH user pass, SELECT 3
+            assert await acl.release(b"k", b"tok")
+
+            with pytest.raises(redis.exceptions.AuthenticationError) as info:
+                await anonymous.set_nx(b"k", b"tok", 5000)
+            assert "Authentication required" in str(info.value)
+
+            with pytest.raises(redis.exceptions.AuthenticationError) as info:
+                await wrong.set_nx(b"k", b"tok", 5000)
+            message = str(info.value)
+            assert "authentication to" in message
+            assert f"127.0.0.1:{server.port}" in message
+            assert "wr0ng" not in message
+            assert "s3cret" not in message
+            # The failed handshake closed that connection; the next request
+            # tries again, and fails the same way.
+            with pytest.raises(redis.exceptions.AuthenticationError):
+                await wrong.execute("PING")
+            assert wrong.connects == 2
+            assert server.command("DBSIZE") == 0
+        finally:
+            for n in (good, anonymous, wrong, acl):
+                await n.aclose()
+
+
+async def test_db_selection(cluster: LocalCluster) -> None:
+    base = cluster.urls[0].rsplit("/", 1)[0]
+    for url in (f"{base}/3", f"{base}/0?db=3"):
+        n = MuxNode.from_url(url)
+        try:
+            assert await n.set_nx(b"k", b"tok", 5000)
+            assert cluster[0].command("EXISTS", "k") == 0  # not in db 0
+            keyspace = cluster[0].command("INFO", "keyspace")
+            assert isinstance(keyspace, bytes)
+            assert b"db3:keys=1," in keyspace
+            assert await n.execute("GET", "k") == b"tok"
+            assert await n.release(b"k", b"tok")
+        finally:
+            await n.aclose()
+
+
+@pytest.fixture
+def unix_server(redis_binary: str) -> Iterator[tuple[RedisServer, str]]:
+    # A short directory: a unix socket path is limited to ~100 bytes.
+    workdir = tempfile.mkdtemp(prefix="rl-", dir="/tmp")
+    path = os.path.join(workdir, "redis.sock")
+    try:
+        with RedisServer(
+            binary=redis_binary,
+            extra_args=["--unixsocket", path, "--unixsocketperm", "700"],
+        ) as server:
+            yield server, path
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def test_unix_socket(unix_server: tuple[RedisServer, str]) -> None:
+    server, path = unix_server
+    n = MuxNode.from_url(f"unix://{path}?db=2")
+    try:
+        assert n.name == f"unix:{path}"
+        assert await n.set_nx(b"k", b"tok", 5000)
+        keyspace = server.command("INFO", "keyspace")
+        assert isinstance(keyspace, bytes)
+        assert b"db2:keys=1," in keyspace
+        assert await n.extend(b"k", b"tok", 5000)
+        assert await n.release(b"k", b"tok")
+    finally:
+        await n.aclose()
+
+
+# -- TLS, through a local TLS-terminating proxy in front of a plain node ---------------
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1, made with the openssl CLI."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = d / "cert.pem", d / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt",
+         "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key),
+         "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
+@contextlib.asynccontextmanager
+async def tls_proxy(target_port: int, cert: Path, key: Path) -> AsyncIterator[int]:
+    """A TLS listener on loopback that forwards each connection to the node."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    handlers: set[asyncio.Task[object]] = set()
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    async def handle(
+        client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
+        try:
+            node_r, node_w = await asyncio.open_connection("127.0.0.1", target_port)
+            await asyncio.gather(pipe(client_r, node_w), pipe(node_r, client_w))
+        finally:
+            client_w.close()
+            handlers.discard(task)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=ctx)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+        await eventually(lambda: not handlers)
+
+
+async def test_tls(cluster: LocalCluster, certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    async with tls_proxy(cluster[0].port, cert, key) as port:
+        verified = MuxNode.from_url(
+            f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={quote(str(cert))}"
+        )
+        unverified = MuxNode.from_url(f"rediss://127.0.0.1:{port}/0?ssl_cert_reqs=none")
+        untrusted = MuxNode.from_url(f"rediss://127.0.0.1:{port}/0")
+        try:
+            assert await verified.set_nx(b"k", b"tok", 5000)
+            assert await verified.extend(b"k", b"tok", 6000)
+            assert await unverified.release(b"k", b"other") is False
+            assert await verified.release(b"k", b"tok")
+            with pytest.raises(
+                redis.exceptions.ConnectionError, match="CERTIFICATE_VERIFY_FAILED"
+            ):
+                await untrusted.execute("PING")
+        finally:
+            for n in (verified, unverified, untrusted):
+                await n.aclose()
+
+
+# -- cancellation, hung nodes, aclose ---------------------------------------------------
+
+
+async def test_cancelled_request_aborts_the_connection_and_it_recovers(
+    cluster: LocalCluster, node: MuxNode
+) -> None:
+    server = cluster[0]
+    assert await node.execute("PING") == b"PONG"
+    server.pause()
+    try:
+        first = asyncio.create_task(node.set_nx(b"k", b"tok", 5000))
+        second = asyncio.create_task(node.execute("PING"))
+        done, _ = await asyncio.wait((first, second), timeout=0.2)
+        assert not done  # the node is paused: no reply
+        first.cancel()
+        # The reply to `first` would go to `second`: the connection is aborted
+        # and every other request in flight on it fails at once.
+        with pytest.raises(redis.exceptions.ConnectionError, match="cancelled"):
+            await second
+        with pytest.raises(asyncio.CancelledError):
+            await first
+    finally:
+        server.resume()
+    # The next request reconnects; replies are in step.
+    assert await node.execute("ECHO", "next") == b"next"
+    assert await node.execute("PING") == b"PONG"
+    assert node.connects == 2
+    await eventually(lambda: client_count(server) == 1)
+    assert not other_tasks()
+    server.command("DEL", "k")  # the cancelled SET may or may not have landed
+
+
+async def test_reply_racing_cancellation_keeps_the_connection(
+    cluster: LocalCluster, node: MuxNode
+) -> None:
+    """A request cancelled after its reply arrived (but before its task ran)
+    took its reply from the FIFO: the connection stays."""
+    assert await node.execute("PING") == b"PONG"
+    task = asyncio.create_task(node.execute("PING"))
+    await asyncio.sleep(0)  # written
+    deadline = time.monotonic() + FAST
+    while True:  # until the reply is in: the task's wake-up is then scheduled
+        await asyncio.sleep(0)
+        conn = node._conn
+        assert conn is not None
+        if not conn._waiters:
+            break
+        assert time.monotonic() < deadline
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert node._conn is conn
+    assert await node.execute("ECHO", "x") == b"x"
+    assert node.connects == 1
+
+
+@pytest.mark.parametrize("password", [None, "s3cret"])
+async def test_hung_node_request_ends_only_by_cancellation(
+    password: str | None,
+) -> None:
+    with HungNode() as hung:
+        auth = f":{password}@" if password else ""
+        n = MuxNode.from_url(f"redis://{auth}127.0.0.1:{hung.port}/0")
+        try:
+            task = asyncio.create_task(n.set_nx(b"k", b"tok", 1000))
+            done, _ = await asyncio.wait((task,), timeout=0.5)
+            assert not done
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert n.connects == 1
+            # And again, on a fresh connection.
+            ping = asyncio.create_task(n.execute("PING"))
+            finished, _ = await asyncio.wait((ping,), timeout=0.2)
+            assert not finished
+            ping.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await ping
+            assert n.connects == 2
+        finally:
+            await n.aclose()
+        assert not other_tasks()
+
+
+async def test_aclose_fails_in_flight_requests_and_is_final(
+    cluster: LocalCluster,
+) -> None:
+    server = cluster[0]
+    n = MuxNode.from_url(server.url)
+    assert await n.execute("PING") == b"PONG"
+    assert client_count(server) == 1
+    server.pause()
+    try:
+        task = asyncio.create_task(n.execute("PING"))
+        await asyncio.sleep(0.05)
+        await n.aclose()
+        with pytest.raises(redis.exceptions.ConnectionError, match="closed"):
+            await task
+    finally:
+        server.resume()
+    await n.aclose()  # idempotent
+    with pytest.raises(redis.exceptions.ConnectionError, match="closed"):
+        await n.execute("PING")
+    await eventually(lambda: client_count(server) == 0)
+    assert not other_tasks()
+
+
+async def test_connect_is_shared_and_outlives_a_cancelled_waiter() -> None:
+    """A TLS handshake with a hung node never completes: the connect stays
+    pending. Waiters share it; cancelling one leaves it to the others; aclose
+    ends it, and its waiters get a ConnectionError, not a cancellation."""
+    with HungNode() as hung:
+        n = MuxNode.from_url(f"rediss://127.0.0.1:{hung.port}/0?ssl_cert_reqs=none")
+        first = asyncio.create_task(n.execute("PING"))
+        second = asyncio.create_task(n.execute("PING"))
+        finished, _ = await asyncio.wait((first, second), timeout=0.3)
+        assert not finished
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        finished, _ = await asyncio.wait((second,), timeout=0.1)
+        assert not finished
+        await n.aclose()
+        with pytest.raises(redis.exceptions.ConnectionError, match="closed"):
+            await second
+        assert n.connects == 0
+    assert not other_tasks()
+
+
+# -- the algorithm over MuxNodes ----------------------------------------------------------
+
+
+async def settle(lock: Lock) -> None:
+    """Wait for the lock's requests still in flight (the quorum decides first)."""
+    await asyncio.wait(lock._tails)
+
+
+def keys(cluster: LocalCluster, key: bytes) -> list[object]:
+    return [s.command("GET", key) if s.running else None for s in cluster]
+
+
+async def test_redlock_over_mux_nodes(cluster: LocalCluster) -> None:
+    nodes = [MuxNode.from_url(u) for u in cluster.urls]
+    async with AsyncRedlock(
+        nodes,
+        ttl=5,
+        node_timeout=1.0,
+        retry_delay=0.01,
+        # Nodes the suite started: no lock could predate them.
+        restart_quarantine=0,
+    ) as rl:
+        lock = await rl.acquire("orders:42")
+        await settle(lock)
+        assert keys(cluster, b"orders:42") == [lock.token] * 3
+        assert all(0 < pttl(s, b"orders:42") <= 5000 for s in cluster)
+        assert 5.0 < await lock.extend(8.0) <= 8.0
+        await settle(lock)
+        assert all(pttl(s, b"orders:42") > 5000 for s in cluster)
+        with pytest.raises(Exception, match="could not acquire"):
+            await rl.acquire("orders:42", blocking=False)
+        await lock.release()
+        assert keys(cluster, b"orders:42") == [None] * 3
+
+        async with rl.lock("orders:43") as held:
+            await settle(held)
+            assert keys(cluster, b"orders:43") == [held.token] * 3
+        assert keys(cluster, b"orders:43") == [None] * 3
+
+        # A dead node is a vote against; a majority still grants the lock.
+        cluster[2].kill()
+        lock = await rl.acquire("orders:44")
+        await lock.release()
+        assert keys(cluster, b"orders:44") == [None] * 3
+    # AsyncRedlock.aclose closed the nodes; closing again is harmless.
+    for n in nodes:
+        await n.aclose()
+    assert not other_tasks()
