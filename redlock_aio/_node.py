@@ -23,7 +23,7 @@ from . import _scripts
 from ._errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from collections.abc import Hashable
+    from collections.abc import Hashable, Sequence
 
     from redis.asyncio.connection import AbstractConnection
 
@@ -66,6 +66,12 @@ class Node(Protocol):
 
     async def extend(self, key: bytes, token: bytes, ttl_ms: int) -> bool:
         """Set the key's TTL if it holds ``token``: True if it was extended."""
+        ...
+
+    async def extend_many(
+        self, items: Sequence[tuple[bytes, bytes, int]]
+    ) -> list[bool]:
+        """:meth:`extend` for many ``(key, token, ttl_ms)`` in one request."""
         ...
 
     async def aclose(self) -> None:
@@ -216,7 +222,16 @@ class RedisNode:
     :param owned: close the client in :meth:`aclose` (true when the library made it).
     """
 
-    __slots__ = ("_extend", "_release", "client", "facts", "identity", "name", "owned")
+    __slots__ = (
+        "_extend",
+        "_extend_many",
+        "_release",
+        "client",
+        "facts",
+        "identity",
+        "name",
+        "owned",
+    )
 
     def __init__(self, client: Redis, *, owned: bool = False) -> None:
         self.client = client
@@ -225,6 +240,7 @@ class RedisNode:
         self.facts = ServerFacts(self.name)
         self._release = client.register_script(_scripts.RELEASE)
         self._extend = client.register_script(_scripts.EXTEND)
+        self._extend_many = client.register_script(_scripts.EXTEND_MANY)
         # Learn the server's start time on every new connection: a restart
         # always breaks the connections, so this sees every restart. A pool
         # that already has its own connect hook is left alone.
@@ -281,6 +297,14 @@ class RedisNode:
 
     async def extend(self, key: bytes, token: bytes, ttl_ms: int) -> bool:
         return bool(await self._extend(keys=(key,), args=(token, ttl_ms)))
+
+    async def extend_many(
+        self, items: Sequence[tuple[bytes, bytes, int]]
+    ) -> list[bool]:
+        keys = [key for key, _, _ in items]
+        args = [a for _, token, ttl_ms in items for a in (token, ttl_ms)]
+        reply = await self._extend_many(keys=keys, args=args)
+        return [bool(r) for r in reply]
 
     async def aclose(self) -> None:
         if self.owned:

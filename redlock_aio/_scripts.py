@@ -29,6 +29,23 @@ return 0
 """
 
 
+#: KEYS[i]: a lock key. ARGV[2i-1]: its holder's token. ARGV[2i]: its new TTL in ms.
+#: EXTEND for many locks in one call: a batch of auto-extensions costs one round
+#: trip per node, not one per lock.
+#: return: an array, 1 where extended, 0 where the key is gone or someone else's.
+EXTEND_MANY = """\
+local out = {}
+for i, key in ipairs(KEYS) do
+    if redis.call("GET", key) == ARGV[2 * i - 1] then
+        out[i] = redis.call("PEXPIRE", key, ARGV[2 * i])
+    else
+        out[i] = 0
+    end
+end
+return out
+"""
+
+
 def sha1(script: str) -> str:
     """The digest Redis uses to name a script in EVALSHA."""
     return hashlib.sha1(script.encode()).hexdigest()
@@ -36,3 +53,4 @@ def sha1(script: str) -> str:
 
 RELEASE_SHA = sha1(RELEASE)
 EXTEND_SHA = sha1(EXTEND)
+EXTEND_MANY_SHA = sha1(EXTEND_MANY)

@@ -39,7 +39,7 @@ from ._errors import ConfigurationError
 from ._node import ServerFacts, describe_url
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Hashable
+    from collections.abc import Callable, Hashable, Sequence
 
 __all__ = ["MuxNode", "encode_command"]
 
@@ -451,6 +451,17 @@ class MuxNode:
             ttl,
         )
         return await self._script(payload, _scripts.EXTEND) == 1
+
+    async def extend_many(
+        self, items: Sequence[tuple[bytes, bytes, int]]
+    ) -> list[bool]:
+        args: list[Arg] = ["EVALSHA", _scripts.EXTEND_MANY_SHA, len(items)]
+        args += [key for key, _, _ in items]
+        for _, token, ttl_ms in items:
+            args += (token, ttl_ms)
+        reply = await self._script(encode_command(tuple(args)), _scripts.EXTEND_MANY)
+        assert isinstance(reply, list)
+        return [r == 1 for r in reply]
 
     async def execute(self, *args: Arg) -> object:
         """Any other command (``PING``, ``INFO``, ``CONFIG GET``, ...): the raw

@@ -629,3 +629,25 @@ async def test_redlock_over_mux_nodes(cluster: LocalCluster) -> None:
     for n in nodes:
         await n.aclose()
     assert not other_tasks()
+
+
+@pytest.mark.parametrize("kind", ["mux", "redis-py"])
+async def test_extend_many_in_one_request(cluster: LocalCluster, kind: str) -> None:
+    from redlock_aio import RedisNode
+
+    node: MuxNode | RedisNode = (
+        MuxNode.from_url(cluster.urls[0])
+        if kind == "mux"
+        else RedisNode.from_url(cluster.urls[0])
+    )
+    try:
+        for i in range(3):
+            assert await node.set_nx(b"k%d" % i, b"t%d" % i, 5000)
+        items = [(b"k0", b"t0", 60000), (b"k1", b"wrong", 60000), (b"k9", b"t9", 1)]
+        assert await node.extend_many(items) == [True, False, False]
+        assert int(cluster[0].command("PTTL", "k0")) > 5000  # type: ignore[call-overload]
+        cluster[0].command("SCRIPT", "FLUSH")
+        assert await node.extend_many(items) == [True, False, False]
+    finally:
+        cluster[0].command("DEL", "k0", "k1", "k2")
+        await node.aclose()

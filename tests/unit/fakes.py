@@ -80,6 +80,16 @@ class FakeNode:
             return True
         return False
 
+    async def extend_many(self, items: list[tuple[bytes, bytes, int]]) -> list[bool]:
+        await self._serve("extend_many")
+        out = []
+        for key, token, ttl_ms in items:
+            ok = self.get(key) == token
+            if ok:
+                self.store[key] = (token, self.clock() + ttl_ms / 1000)
+            out.append(ok)
+        return out
+
     async def aclose(self) -> None:
         self.closed = True
 
