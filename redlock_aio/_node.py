@@ -60,8 +60,9 @@ class Node(Protocol):
         """``SET key token NX PX ttl_ms``: True if the key was set."""
         ...
 
-    async def release(self, key: bytes, token: bytes) -> bool:
-        """Delete the key if it holds ``token``: True if it was deleted."""
+    async def release(self, key: bytes, token: bytes, *, notify: bool = True) -> bool:
+        """Delete the key if it holds ``token``: True if it was deleted. With
+        ``notify``, announce it on the key's release channel."""
         ...
 
     async def extend(self, key: bytes, token: bytes, ttl_ms: int) -> bool:
@@ -226,6 +227,7 @@ class RedisNode:
         "_extend",
         "_extend_many",
         "_release",
+        "_release_quiet",
         "client",
         "facts",
         "identity",
@@ -239,6 +241,7 @@ class RedisNode:
         self.name, self.identity = describe_client(client)
         self.facts = ServerFacts(self.name)
         self._release = client.register_script(_scripts.RELEASE)
+        self._release_quiet = client.register_script(_scripts.RELEASE_QUIET)
         self._extend = client.register_script(_scripts.EXTEND)
         self._extend_many = client.register_script(_scripts.EXTEND_MANY)
         # Learn the server's start time on every new connection: a restart
@@ -292,8 +295,9 @@ class RedisNode:
         )
         return bool(reply)
 
-    async def release(self, key: bytes, token: bytes) -> bool:
-        return bool(await self._release(keys=(key,), args=(token,)))
+    async def release(self, key: bytes, token: bytes, *, notify: bool = True) -> bool:
+        script = self._release if notify else self._release_quiet
+        return bool(await script(keys=(key,), args=(token,)))
 
     async def extend(self, key: bytes, token: bytes, ttl_ms: int) -> bool:
         return bool(await self._extend(keys=(key,), args=(token, ttl_ms)))

@@ -37,8 +37,10 @@ from ._errors import (
     ReleaseError,
 )
 from ._node import Node, RedisNode, describe_url
+from ._notify import Notifier, Wakeup
 from ._quorum import Decision, NodeOutcome, Vote, quorum, validity_deadline
 from ._round import Request, Round, wait_shielded, wait_tasks_shielded
+from ._scripts import channel
 from ._wire import MuxNode
 
 if sys.version_info >= (3, 11):
@@ -280,6 +282,7 @@ class AsyncRedlock:
         self.clock: Callable[[], float] = clock or time.monotonic
         self._nodes: tuple[Node, ...] = _make_nodes(_config.check_node_list(nodes))
         self.quorum = quorum(len(self._nodes))
+        self._notifiers = [n for n in self._nodes if isinstance(n, Notifier)]
         self._tasks: set[asyncio.Task[Any]] = set()
         # Locks not yet released, so that aclose() can release them even when
         # the caller dropped the handle. Expired ones are pruned as it grows.
@@ -339,6 +342,7 @@ class AsyncRedlock:
         spawned: list[asyncio.Task[bool]] = []
         attempt = 0
         rnd: Round | None = None
+        wakeup: Wakeup | None = None
         try:
             while True:
                 attempt += 1
@@ -378,7 +382,16 @@ class AsyncRedlock:
                             resource, done.outcomes, attempt, decision, timeout=limit
                         )
                     delay = min(delay, left)
-                await asyncio.sleep(delay)
+                if wakeup is not None:
+                    await wakeup.wait(delay)
+                elif self._notifiers and any(o.vote is Vote.NO for o in done.outcomes):
+                    # Held by someone else: be told when it is released, and
+                    # try again at once, so a release that came before the
+                    # subscription is not missed.
+                    wakeup = Wakeup(self._notifiers, channel(key), self._spawn)
+                    await wakeup.start(node_timeout)
+                else:
+                    await asyncio.sleep(delay)
         except BaseException:
             # Cancelled (or failed) mid-attempt: a SET in flight may still land.
             # Release wherever it may, and wait for that, shielded and bounded.
@@ -388,6 +401,9 @@ class AsyncRedlock:
                 )
             await wait_tasks_shielded(spawned)
             raise
+        finally:
+            if wakeup is not None:
+                wakeup.close()
 
     def _quarantined(self, node: Node) -> str | None:
         """Why ``node``'s yes must not count yet, if it restarted too recently."""
@@ -472,10 +488,12 @@ class AsyncRedlock:
         token: bytes,
         node_timeout: float,
         after: Sequence[asyncio.Task[bool] | None],
+        *,
+        notify: bool = False,
     ) -> Round:
         return Round(
             nodes,
-            lambda node: node.release(key, token),
+            lambda node: node.release(key, token, notify=notify),
             timeout=node_timeout,
             needed=len(nodes),
             wait_all=True,
@@ -579,6 +597,7 @@ class AsyncRedlock:
             lock.token,
             self.settings.node_timeout_for(lock.ttl),
             lock._tails,
+            notify=True,
         )
         lock._tails = rnd.tasks
         try:

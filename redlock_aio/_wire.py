@@ -22,7 +22,7 @@ import asyncio
 import logging
 import ssl
 from collections import deque
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
@@ -37,6 +37,7 @@ from redis.exceptions import (
 from . import _scripts
 from ._errors import ConfigurationError
 from ._node import ServerFacts, describe_url
+from ._notify import Channels
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable, Sequence
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
 __all__ = ["MuxNode", "encode_command"]
 
 logger = logging.getLogger("redlock_aio")
+
+_P = TypeVar("_P", bound=asyncio.Protocol)
 
 Arg: TypeAlias = bytes | bytearray | memoryview | str | int | float
 #: A set-up command sent on every new connection: a label for messages, the
@@ -56,6 +59,9 @@ _SET_HEAD = b"*6\r\n$3\r\nSET\r\n"
 _NX_PX = b"$2\r\nNX\r\n$2\r\nPX\r\n"
 _RELEASE_HEAD = b"*5\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n1\r\n" % (
     _scripts.RELEASE_SHA.encode()
+)
+_RELEASE_QUIET_HEAD = b"*5\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n1\r\n" % (
+    _scripts.RELEASE_QUIET_SHA.encode()
 )
 _EXTEND_HEAD = b"*6\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n1\r\n" % (
     _scripts.EXTEND_SHA.encode()
@@ -291,6 +297,7 @@ class MuxNode:
     """
 
     __slots__ = (
+        "_channels",
         "_closed",
         "_conn",
         "_connecting",
@@ -355,6 +362,7 @@ class MuxNode:
         self._conns: set[_Conn] = set()
         self._connecting: asyncio.Task[_Conn] | None = None
         self._closed = False
+        self._channels: Channels | None = None
         self.connects = 0
 
     @classmethod
@@ -429,15 +437,16 @@ class MuxNode:
         )
         return await self._call(payload) == _OK
 
-    async def release(self, key: bytes, token: bytes) -> bool:
+    async def release(self, key: bytes, token: bytes, *, notify: bool = True) -> bool:
         payload = b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
-            _RELEASE_HEAD,
+            _RELEASE_HEAD if notify else _RELEASE_QUIET_HEAD,
             len(key),
             key,
             len(token),
             token,
         )
-        return await self._script(payload, _scripts.RELEASE) == 1
+        script = _scripts.RELEASE if notify else _scripts.RELEASE_QUIET
+        return await self._script(payload, script) == 1
 
     async def extend(self, key: bytes, token: bytes, ttl_ms: int) -> bool:
         ttl = b"%d" % ttl_ms
@@ -473,6 +482,8 @@ class MuxNode:
         until its socket is released. The node cannot be used afterwards.
         Idempotent."""
         self._closed = True
+        if self._channels is not None:
+            await self._channels.aclose()
         task = self._connecting
         if task is not None:
             task.cancel()
@@ -545,16 +556,7 @@ class MuxNode:
             return _Conn(self, loop)
 
         try:
-            if self._path is not None:
-                _, conn = await loop.create_unix_connection(factory, self._path)
-            else:
-                _, conn = await loop.create_connection(
-                    factory,
-                    self._host,
-                    self._port,
-                    ssl=self._ssl,
-                    server_hostname=self._host if self._ssl is not None else None,
-                )
+            conn = await self._create(factory)
         except OSError as exc:  # refused, unreachable, TLS failure (ssl.SSLError)
             raise ConnectionError(f"Error connecting to {self.name}: {exc}") from exc
         except asyncio.CancelledError:
@@ -571,6 +573,50 @@ class MuxNode:
         self._conn = conn
         self.connects += 1
         return conn
+
+    async def _create(self, factory: Callable[[], _P]) -> _P:
+        """A connection to the node (TCP, TLS or unix socket) for ``factory``'s
+        protocol."""
+        loop = asyncio.get_running_loop()
+        if self._path is not None:
+            _, conn = await loop.create_unix_connection(factory, self._path)
+        else:
+            _, conn = await loop.create_connection(
+                factory,
+                self._host,
+                self._port,
+                ssl=self._ssl,
+                server_hostname=self._host if self._ssl is not None else None,
+            )
+        return conn
+
+    async def _create_any(
+        self, factory: Callable[[], asyncio.Protocol]
+    ) -> asyncio.Protocol:
+        try:
+            return await self._create(factory)
+        except OSError as exc:
+            raise ConnectionError(f"Error connecting to {self.name}: {exc}") from exc
+
+    # -- release notifications (pub/sub) --------------------------------------------
+
+    def _pubsub(self) -> Channels:
+        if self._channels is None:
+            hello = b"".join(p for label, p, _ in self._setup if label == "AUTH")
+            self._channels = Channels(self.name, self._create_any, hello)
+        return self._channels
+
+    async def subscribe(
+        self, channel: bytes, callback: Callable[[bytes], None]
+    ) -> None:
+        """Call ``callback(data)`` whenever ``channel`` fires (a release of the key
+        it names), over this node's pub/sub connection; returns once the server
+        confirmed the subscription."""
+        await self._pubsub().subscribe(channel, callback)
+
+    def unsubscribe(self, channel: bytes, callback: Callable[[bytes], None]) -> None:
+        if self._channels is not None:
+            self._channels.unsubscribe(channel, callback)
 
     def _saw_info(self, reply: object) -> None:
         if isinstance(reply, bytes):

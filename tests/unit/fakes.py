@@ -66,7 +66,7 @@ class FakeNode:
         self.store[key] = (token, self.clock() + ttl_ms / 1000)
         return True
 
-    async def release(self, key: bytes, token: bytes) -> bool:
+    async def release(self, key: bytes, token: bytes, *, notify: bool = True) -> bool:
         await self._serve("release")
         if self.get(key) == token:
             del self.store[key]

@@ -1,0 +1,119 @@
+"""Release notifications: a waiter wakes when the lock is released, not when
+its polling timer fires; without notifications it still gets the lock by
+polling; a user that may not publish still releases; no subscription or task
+is left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+
+from redlock_aio import AsyncRedlock, RedisNode
+
+if TYPE_CHECKING:
+    from redlock_aio.testing import LocalCluster
+
+pytestmark = pytest.mark.integration
+
+Redlock = functools.partial(AsyncRedlock, restart_quarantine=0)
+
+
+async def no_channels_left(cluster: LocalCluster) -> bool:
+    """UNSUBSCRIBE is not waited for: give it a moment."""
+    for _ in range(100):
+        if all(s.command("PUBSUB", "CHANNELS") == [] for s in cluster):
+            return True
+        await asyncio.sleep(0.02)
+    return False
+
+
+async def test_a_waiter_wakes_on_release_not_on_its_polling_timer(
+    cluster: LocalCluster,
+) -> None:
+    async with (
+        Redlock(cluster.urls, ttl=10.0) as holder,
+        # Polling alone would retry only every 5 s.
+        Redlock(
+            cluster.urls, ttl=10.0, retry_delay=5.0, retry_delay_max=5.0, retry_jitter=0
+        ) as waiter,
+    ):
+        held = await holder.acquire("r")
+        waiting = asyncio.create_task(waiter.acquire("r", timeout=30.0))
+        await asyncio.sleep(0.3)  # it failed once, subscribed, failed again
+        assert not waiting.done()
+        released_at = time.monotonic()
+        await held.release()
+        lock = await waiting
+        assert time.monotonic() - released_at < 4.0  # far sooner than 5 s
+        await lock.release()
+    assert await no_channels_left(cluster)
+
+
+async def test_without_notifications_a_waiter_still_gets_the_lock_by_polling(
+    cluster: LocalCluster,
+) -> None:
+    nodes = [RedisNode.from_url(u) for u in cluster.urls]  # no pub/sub on these
+    async with (
+        Redlock(cluster.urls, ttl=10.0) as holder,
+        Redlock(nodes, ttl=10.0, retry_delay=0.05) as waiter,
+    ):
+        held = await holder.acquire("r")
+        waiting = asyncio.create_task(waiter.acquire("r", timeout=30.0))
+        await asyncio.sleep(0.2)
+        await held.release()
+        await (await waiting).release()
+
+
+async def test_many_waiters_each_get_the_lock_in_turn(cluster: LocalCluster) -> None:
+    order: list[int] = []
+    async with Redlock(cluster.urls, ttl=10.0) as rl:
+        held = await rl.acquire("r")
+
+        async def waiter(i: int) -> None:
+            lock = await rl.acquire("r", timeout=30.0)
+            order.append(i)
+            await asyncio.sleep(0.01)
+            await lock.release()
+
+        tasks = [asyncio.create_task(waiter(i)) for i in range(8)]
+        await asyncio.sleep(0.3)
+        await held.release()
+        await asyncio.gather(*tasks)
+    assert sorted(order) == list(range(8))
+    assert await no_channels_left(cluster)
+
+
+async def test_a_cancelled_waiter_leaves_no_subscription(
+    cluster: LocalCluster,
+) -> None:
+    async with Redlock(cluster.urls, ttl=10.0) as rl:
+        held = await rl.acquire("r")
+        waiting = asyncio.create_task(rl.acquire("r"))
+        await asyncio.sleep(0.3)
+        assert any(s.command("PUBSUB", "CHANNELS") for s in cluster)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert await no_channels_left(cluster)
+        await held.release()
+
+
+async def test_a_user_denied_the_channel_still_releases(cluster: LocalCluster) -> None:
+    for server in cluster:
+        server.command(
+            "ACL", "SETUSER", "locker", "on", ">pw", "~*", "+@all", "resetchannels"
+        )
+    try:
+        urls = [u.replace("redis://", "redis://locker:pw@") for u in cluster.urls]
+        async with Redlock(urls, ttl=10.0) as rl:
+            lock = await rl.acquire("r")
+            await lock.release()
+            assert lock.released
+            assert [s.command("EXISTS", "r") for s in cluster] == [0, 0, 0]
+    finally:
+        for server in cluster:
+            server.command("ACL", "DELUSER", "locker")
