@@ -60,6 +60,8 @@ NodeSpec = str | Redis | Node
 
 #: Answers that mean the node holds our key now.
 _SET = (Vote.YES, Vote.QUARANTINED)
+#: Votes that are answers from the node (not errors, timeouts or pending).
+_ANSWERS = (Vote.YES, Vote.NO, Vote.QUARANTINED)
 
 
 @final
@@ -168,9 +170,12 @@ class Lock:
     async def release(self) -> None:
         """Delete the lock's key on every node where it still holds this token.
 
-        Shielded from cancellation and bounded by the per-node timeout: when the
-        call returns or a cancellation propagates, every node has answered or
-        timed out. Releasing twice is a no-op.
+        Shielded from cancellation and bounded by the per-node timeout. It
+        returns once every node that answered the lock's latest request has
+        confirmed (a quorum at least); a node that was slow or failing gets its
+        release in the background, after that request, so a late key is still
+        deleted and a slow node does not slow down every release. Releasing
+        twice is a no-op.
 
         :raises ReleaseError: fewer than a quorum confirmed; the lock stays
             releasable, and its keys expire by their TTL.
@@ -490,15 +495,18 @@ class AsyncRedlock:
         after: Sequence[asyncio.Task[bool] | None],
         *,
         notify: bool = False,
+        needed: int | None = None,
+        required: Sequence[bool] | None = None,
     ) -> Round:
         return Round(
             nodes,
             lambda node: node.release(key, token, notify=notify),
             timeout=node_timeout,
-            needed=len(nodes),
+            needed=len(nodes) if needed is None else needed,
             wait_all=True,
             after=after,
             spawn=self._spawn,
+            required=required,
         )
 
     def _retry_delay(self, attempt: int) -> float:
@@ -598,6 +606,11 @@ class AsyncRedlock:
             self.settings.node_timeout_for(lock.ttl),
             lock._tails,
             notify=True,
+            # Wait for the nodes that answered this lock's last request; the
+            # release to one that was slow or failing goes on in the background
+            # (chained after that request, bounded by the per-node timeout).
+            needed=self.quorum,
+            required=[o.vote in _ANSWERS for o in lock._outcomes] or None,
         )
         lock._tails = rnd.tasks
         try:

@@ -29,6 +29,10 @@ Vet: TypeAlias = Callable[[Node], "str | None"]
 Spawn: TypeAlias = Callable[[Coroutine[Any, Any, bool]], "asyncio.Task[bool]"]
 
 
+#: Votes that are answers from the node (not errors, timeouts or pending).
+_ANSWERS = (Vote.YES, Vote.NO, Vote.QUARANTINED)
+
+
 class Round:
     """Send ``request`` to every node now; :attr:`decided` resolves once the
     outcome is known.
@@ -38,7 +42,11 @@ class Round:
     :param timeout: seconds each node gets, counted from now (including the
         wait for the request it is chained after).
     :param needed: yes votes that make the outcome a success.
-    :param wait_all: resolve only when every node has answered or timed out.
+    :param wait_all: resolve once every node has answered or timed out, and
+        not at quorum; with ``required``, once the required nodes have, if
+        ``needed`` nodes answered at all (yes or no), else once every node has.
+    :param required: with ``wait_all``, the nodes to wait for (the others go on
+        in the background: a release need not wait for a node that was slow).
     :param after: per node, a task this request must wait for first.
     :param spawn: creates the per-node tasks (the owner tracks them, so that
         none outlives the client).
@@ -46,7 +54,18 @@ class Round:
         :attr:`Vote.QUARANTINED` that does not count.
     """
 
-    __slots__ = ("_expired", "_timers", "_vet", "decided", "outcomes", "tally", "tasks")
+    __slots__ = (
+        "_answered",
+        "_expired",
+        "_required",
+        "_timers",
+        "_unsettled",
+        "_vet",
+        "decided",
+        "outcomes",
+        "tally",
+        "tasks",
+    )
 
     def __init__(
         self,
@@ -59,10 +78,14 @@ class Round:
         wait_all: bool = False,
         after: Sequence[asyncio.Task[bool] | None] | None = None,
         vet: Vet | None = None,
+        required: Sequence[bool] | None = None,
     ) -> None:
         loop = asyncio.get_running_loop()
         self._vet = vet
         n = len(nodes)
+        self._required = required
+        self._unsettled = n if required is None else sum(required)
+        self._answered = 0
         self.tally = Tally(n, needed)
         self.decided: asyncio.Future[Decision] = loop.create_future()
         self.outcomes: list[NodeOutcome] = [
@@ -112,10 +135,17 @@ class Round:
                 outcome = NodeOutcome(node.name, Vote.ERROR, err)
         self.outcomes[i] = outcome
         decision = self.tally.add(outcome.ok)
+        if outcome.vote in _ANSWERS:
+            self._answered += 1
+        if self._required is None or self._required[i]:
+            self._unsettled -= 1
         if self.decided.done():
             return
         if wait_all:
-            if self.tally.yes + self.tally.no == len(self.tasks):
+            tally = self.tally
+            if tally.yes + tally.no == len(self.tasks) or (
+                self._unsettled <= 0 and self._answered >= tally.needed
+            ):
                 self.decided.set_result(decision)
         elif decision is not Decision.PENDING:
             self.decided.set_result(decision)

@@ -106,11 +106,11 @@ async def test_5_a_paused_node_costs_at_most_the_node_timeout_and_a_late_set_nev
             cluster[0].command("SET", "r", "other", "PX", 60000)
             with pytest.raises(LockNotAcquired) as info:
                 await rl.acquire("r", blocking=False)
-            assert [o.vote for o in info.value.outcomes] == [
-                Vote.NO,
-                Vote.YES,
-                Vote.TIMEOUT,
-            ]
+            votes = [o.vote for o in info.value.outcomes]
+            assert votes[:2] == [Vote.NO, Vote.YES]
+            # A timeout, or an error when an earlier request's timeout aborted
+            # the connection first: never a yes.
+            assert votes[2] in (Vote.TIMEOUT, Vote.ERROR)
         finally:
             cluster[2].resume()
     cluster[0].command("DEL", "r")
@@ -233,6 +233,10 @@ async def test_9_cancellation_at_random_points_leaves_no_key_and_no_task(
                 pass
             else:
                 assert task.done()
+            # A release to a node slower than the quorum goes on in the
+            # background, bounded by the per-node timeout: let it end.
+            if rl._tasks:
+                await asyncio.wait(list(rl._tasks))
             assert keys(cluster) == [None] * 3
     assert not rl._tasks
 

@@ -317,8 +317,12 @@ async def test_quorum_returns_early_and_a_late_set_is_still_released(
 ) -> None:
     cluster[2].command("CLIENT", "PAUSE", 400, "ALL")
     lock = await redlock.acquire("r")
-    # Decided by the two fast nodes; the third SET lands later.
+    # Decided by the two fast nodes; the third SET lands later. release()
+    # returns once the two have confirmed; the third node's release waits,
+    # chained after its SET, and deletes the late key.
     await lock.release()
+    assert keys(cluster)[:2] == [None, None]
+    await settle(lock)
     assert keys(cluster) == [None] * 3
 
 
