@@ -153,6 +153,7 @@ class _Conn(asyncio.Protocol):
         "_waiters",
         "failure",
         "lost",
+        "received",
     )
 
     def __init__(self, node: MuxNode, loop: asyncio.AbstractEventLoop) -> None:
@@ -164,6 +165,8 @@ class _Conn(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         #: Why the connection is unusable (exception class, message), once it is.
         self.failure: tuple[type[Exception], str] | None = None
+        #: How many times data arrived: tells a stuck node from a busy one.
+        self.received = 0
         #: Resolves when the transport is closed for good (its socket released).
         self.lost: asyncio.Future[None] = loop.create_future()
 
@@ -189,6 +192,7 @@ class _Conn(asyncio.Protocol):
         return fut
 
     def data_received(self, data: bytes) -> None:
+        self.received += 1
         reader = self._reader
         waiters = self._waiters
         try:
@@ -260,14 +264,20 @@ class _Conn(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
-    def cancelled(self) -> None:
-        """A request was cancelled before its reply: its reply would go to the
-        next request, so the connection cannot be used any more."""
-        self.fail(
-            ConnectionError,
-            f"connection to {self._node.name} aborted: a request on it was "
-            "cancelled before its reply arrived",
-        )
+    def cancelled(self, mark: int) -> None:
+        """A request was cancelled (timed out) before its reply. Its future
+        stays in the FIFO and its reply is dropped when it comes, so the
+        connection stays in step. If nothing at all has arrived since that
+        request was written, the node is stuck: abort, failing the requests
+        queued behind it, rather than let them pile up. A node that is only
+        busy (replies still streaming in, as under a burst of thousands of
+        requests) keeps its connection and every other request."""
+        if self.received == mark:
+            self.fail(
+                ConnectionError,
+                f"connection to {self._node.name} aborted: no reply within the "
+                "per-node timeout",
+            )
 
 
 class MuxNode:
@@ -509,12 +519,13 @@ class MuxNode:
         conn = self._conn
         if conn is None:
             conn = await self._connect()
+        mark = conn.received
         fut = conn.send(payload)
         try:
             return await fut
         except asyncio.CancelledError:
-            if fut.cancelled():  # no reply yet: it would go to the next request
-                conn.cancelled()
+            if fut.cancelled():  # no reply yet
+                conn.cancelled(mark)
             raise
 
     async def _script(self, payload: bytes, script: str) -> object:
