@@ -1,0 +1,7 @@
+"""Benchmark harness of redlock_aio: ``python benchmarks/run.py [--quick]``.
+
+Modules: ``_common`` (plan, statistics, leftover checks), ``_floor`` (the
+benchmark's own minimal Redlock floors), ``_peers`` (adapters for redlock_aio and
+the other libraries), ``_proxy`` (a latency-adding TCP forwarder), ``_scenarios``
+(the five measurements), ``_report`` (markdown, JSON, plots), ``_main`` (CLI).
+"""
