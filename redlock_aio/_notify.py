@@ -295,9 +295,7 @@ class Wakeup:
 
     async def _subscribe(self, node: Notifier, timeout: float) -> bool:
         try:
-            await asyncio.wait_for(
-                node.subscribe(self._channel, self._heard), timeout
-            )
+            await asyncio.wait_for(node.subscribe(self._channel, self._heard), timeout)
         except (Exception, asyncio.TimeoutError) as exc:  # noqa: BLE001 (polling covers it)
             logger.debug("no release notifications from a node: %r", exc)
             return False
