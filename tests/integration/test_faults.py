@@ -369,7 +369,12 @@ async def test_12_five_contenders_a_winner_and_no_partial_key_left(
             if won:
                 winner = won[0]
                 await settle(winner)
-                assert keys(cluster) == [winner.token] * 3
+                # The winner holds a quorum; no loser's partial key remains
+                # (a node may hold nothing: the winner's SET there met a
+                # loser's key, since taken back).
+                values = keys(cluster)
+                assert values.count(winner.token) >= 2
+                assert all(v in (winner.token, None) for v in values)
                 break
             assert await no_key(cluster)
         assert winner is not None
