@@ -1,38 +1,33 @@
-"""``async with redlock.lock(...)``: hold a lock for a block, re-extending it from
-a background task, and cancel the block if the lock cannot be kept.
+"""``async with redlock.lock(...)``: hold a lock for a block, keep it alive in
+the background, and cancel the block if the lock cannot be kept.
 
-The body runs inside an anyio cancel scope. The keeper task extends the lock
-every third of its TTL, retrying within the remaining validity; if it cannot
-keep it before the local deadline, it marks the lock lost and cancels that
-scope, so the body stops at its next await and the block raises
-:class:`LockLost`. A cancellation from outside (the caller's own timeout) still
-propagates as itself.
+The body runs inside an anyio cancel scope. With auto-extension the lock is
+registered with the AsyncRedlock's :class:`~redlock_aio._extender.Extender`,
+which extends every held lock in batches and marks a lock lost, before its local
+deadline, when it cannot keep it. Without, a timer marks the lock lost when its
+validity runs out. A lost lock cancels that scope, so the body stops at its next
+await and the block raises :class:`LockLost`. A cancellation from outside (the
+caller's own timeout) still propagates as itself. No task per lock either way.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, final
 
 import anyio
 
 from ._config import show
-from ._errors import ExtendError, LockLost, RedlockError, ReleaseError
-from ._round import wait_tasks_shielded
+from ._errors import LockLost, RedlockError, ReleaseError
+from ._extender import Entry, Extender
 
 if TYPE_CHECKING:
     from types import TracebackType
 
     from ._redlock import AsyncRedlock, Lock
 
-logger = logging.getLogger("redlock_aio")
-
 LostCallback = Callable[["Lock"], object]
-
-#: Extend when this share of the TTL has passed since the last extension.
-EXTEND_EVERY = 1 / 3
 
 
 @final
@@ -40,7 +35,7 @@ class LockContext:
     """The async context manager returned by :meth:`AsyncRedlock.lock`.
 
     ``__aenter__`` acquires (as :meth:`AsyncRedlock.acquire`) and returns the
-    :class:`Lock`. ``__aexit__`` stops the keeper, releases (shielded, even when
+    :class:`Lock`. ``__aexit__`` stops keeping it, releases (shielded, even when
     the body failed or was cancelled), then raises :class:`LockLost` if the lock
     was lost while the block ran. Single use.
     """
@@ -66,7 +61,9 @@ class LockContext:
         self._cancel_on_lost = cancel_on_lost
         self._on_lost = on_lost
         self._lock: Lock | None = None
-        self._keeper: asyncio.Task[None] | None = None
+        self._extender: Extender | None = None
+        self._entry: Entry | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._scope: anyio.CancelScope | None = None
         self._entered = False
 
@@ -92,18 +89,39 @@ class LockContext:
             lock.on_lost(self._on_lost)
         if self._cancel_on_lost:
             lock.on_lost(lambda _: self._cancel_body())
-        self._keeper = self._redlock._spawn(
-            self._keep(lock) if self._auto_extend else self._watch(lock)
-        )
-        lock.on_lost(lambda _: self._stop_keeper())
+        lock.on_lost(lambda _: self._stop())
+        if self._auto_extend:
+            self._extender = Extender.of(self._redlock)
+            self._entry = self._extender.add(lock)
+        else:
+            self._watch()
         self._scope.__enter__()
         return lock
 
-    def _stop_keeper(self) -> None:
-        """A lost lock needs no keeper (it may have been lost by aclose())."""
-        keeper = self._keeper
-        if keeper is not None and keeper is not _current_task():
-            keeper.cancel()
+    def _stop(self) -> None:
+        """Stop keeping the lock: the block ended, or the lock is lost (maybe
+        by aclose()) and needs no keeping."""
+        entry, self._entry = self._entry, None
+        if entry is not None and self._extender is not None:
+            self._extender.remove(entry)
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+
+    def _watch(self) -> None:
+        """Without auto-extension: mark the lock lost when its validity runs out
+        (extended by hand or not), so the body does not run on unprotected. A
+        timer, re-armed while the holder extends the deadline by hand."""
+        self._timer = None
+        lock = self._lock
+        assert lock is not None
+        if lock._released or lock._lost_reason is not None:
+            return
+        left = lock.valid_until - self._redlock.clock()
+        if left > 0:
+            self._timer = asyncio.get_running_loop().call_later(left, self._watch)
+        else:
+            lock._mark_lost("its validity ran out before the block ended")
 
     def _cancel_body(self) -> None:
         if self._scope is not None:
@@ -120,12 +138,7 @@ class LockContext:
         assert scope is not None
         # True when the exception was our own cancellation of the body.
         swallowed = bool(scope.__exit__(exc_type, exc, tb))
-        keeper = self._keeper
-        if keeper is not None:
-            keeper.cancel()
-            await wait_tasks_shielded([keeper])
-            if not keeper.cancelled() and keeper.exception() is not None:
-                logger.error("lock keeper failed", exc_info=keeper.exception())
+        self._stop()
         lost = lock.lost
         try:
             await lock.release()
@@ -143,53 +156,6 @@ class LockContext:
                 exc, f"the lock on {show(lock.resource)} was lost: {lock._lost_reason}"
             )
         return swallowed
-
-    async def _keep(self, lock: Lock) -> None:
-        """Extend ``lock`` every third of its TTL until cancelled; mark it lost
-        (which cancels the body) if it cannot be kept before its deadline."""
-        redlock = self._redlock
-        clock = redlock.clock
-        next_at = clock() + lock.ttl * EXTEND_EVERY
-        while True:
-            await asyncio.sleep(max(0.0, next_at - clock()))
-            started = clock()
-            try:
-                await lock.extend()
-            except LockLost:
-                return  # extend() marked it lost
-            except ExtendError:
-                # Not this time; try again while an attempt can still finish in time.
-                left = lock.valid_until - clock()
-                attempt_bound = redlock.settings.node_timeout_for(lock.ttl)
-                gap = min(lock.ttl * 0.05, 0.25)
-                if left <= attempt_bound + gap:
-                    lock._mark_lost(
-                        "no quorum extended it before its validity would run out"
-                    )
-                    return
-                next_at = clock() + gap
-                continue
-            except Exception as exc:  # a bug, not a node failure: do not hold silently
-                lock._mark_lost(f"auto-extension failed: {exc!r}")
-                raise
-            next_at = started + lock.ttl * EXTEND_EVERY
-
-    async def _watch(self, lock: Lock) -> None:
-        """Without auto-extension: mark the lock lost when its validity runs out
-        (extended by hand or not), so the body does not run on unprotected."""
-        clock = self._redlock.clock
-        # Not a busy wait: each sleep lasts until the current deadline, which
-        # moves only when the holder extends by hand.
-        while (left := lock.valid_until - clock()) > 0:  # noqa: ASYNC110
-            await asyncio.sleep(left)
-        lock._mark_lost("its validity ran out before the block ended")
-
-
-def _current_task() -> asyncio.Task[object] | None:
-    try:
-        return asyncio.current_task()
-    except RuntimeError:  # no running loop
-        return None
 
 
 def _lost_error(lock: Lock) -> LockLost:

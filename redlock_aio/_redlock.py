@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Iterable, Sequence
     from types import TracebackType
 
+    from ._extender import Extender
     from ._hold import LockContext, LostCallback
 
 logger = logging.getLogger("redlock_aio")
@@ -295,6 +296,7 @@ class AsyncRedlock:
         self._prune_at = 1024
         self._closed = False
         self._nodes_closed = False
+        self._extender: Extender | None = None  # created by the first lock() block
         n = len(self._nodes)
         if n < 3 or n % 2 == 0:
             logger.warning(
@@ -689,6 +691,8 @@ class AsyncRedlock:
         if self._closed:
             return
         self._closed = True
+        if self._extender is not None:
+            await self._extender.aclose()
         held = list(self._held)
         for lock in held:
             lock._mark_lost("the AsyncRedlock was closed")
