@@ -146,7 +146,7 @@ def main() -> int:
     parser.add_argument(
         "--concurrency",
         type=int,
-        default=500,
+        default=100,
         help="acquisitions in flight at once",
     )
     parser.add_argument(

@@ -103,6 +103,11 @@ class Round:
             task.add_done_callback(partial(self._on_done, i, node, timeout, wait_all))
 
     def _expire(self, i: int) -> None:
+        # One more turn of the loop: after a stall, the reply may already have
+        # been read, its task scheduled to resume just behind this timer.
+        asyncio.get_running_loop().call_soon(self._expire_now, i)
+
+    def _expire_now(self, i: int) -> None:
         task = self.tasks[i]
         if not task.done():
             self._expired[i] = True

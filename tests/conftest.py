@@ -67,6 +67,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print what tests recorded as ("summary", text) user properties, such as
+    the soak test's counts, whether they passed or failed."""
+    lines = [
+        f"{report.nodeid}: {value}"
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "call"
+        for name, value in getattr(report, "user_properties", ())
+        if name == "summary"
+    ]
+    if lines:
+        terminalreporter.section("summaries")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
 def pytest_report_header() -> str:
     try:
         path, source = find_redis_server()
