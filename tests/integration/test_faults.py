@@ -25,32 +25,13 @@ from redlock_aio import (
 )
 from redlock_aio.testing import LocalCluster, RedisServer
 
+from .helpers import keys, no_key, settle
+
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 # The suite's nodes are started by the suite: no lock predates them (the restart
 # quarantine has its own tests).
 Redlock = functools.partial(AsyncRedlock, restart_quarantine=0)
-
-
-async def settle(lock: Lock) -> None:
-    await asyncio.wait(lock._tails)
-
-
-def keys(cluster: LocalCluster, key: str = "r") -> list[object]:
-    return [s.command("GET", key) if s.running else None for s in cluster]
-
-
-async def no_key(
-    cluster: LocalCluster, key: str | bytes = "r", within: float = 5.0
-) -> bool:
-    """No node holds ``key``, once the releases still going on in the background
-    (to a node slower than the quorum; bounded by the per-node timeout) are over."""
-    deadline = time.monotonic() + within
-    while any(v is not None for v in keys(cluster, key)):
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
 
 
 async def test_1_one_node_killed_while_held_extensions_keep_succeeding(

@@ -17,6 +17,8 @@ from redlock_aio.testing import FaultProxy, LocalCluster
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+from .helpers import keys, no_key
+
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 Redlock = functools.partial(AsyncRedlock, restart_quarantine=0)
@@ -31,23 +33,6 @@ async def proxies(cluster: LocalCluster) -> AsyncIterator[list[FaultProxy]]:
     finally:
         for proxy in started:
             await proxy.aclose()
-
-
-def keys(cluster: LocalCluster, key: str | bytes = "r") -> list[object]:
-    return [s.command("GET", key) for s in cluster]
-
-
-async def no_key(
-    cluster: LocalCluster, key: str | bytes = "r", within: float = 5.0
-) -> bool:
-    """No node holds ``key``, once the releases still going on in the background
-    (to a node slower than the quorum; bounded by the per-node timeout) are over."""
-    deadline = time.monotonic() + within
-    while any(v is not None for v in keys(cluster, key)):
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
 
 
 async def test_3_holder_cut_off_from_a_minority_keeps_the_lock(

@@ -13,16 +13,14 @@ from redlock_aio import AsyncRedlock, Lock, LockNotAcquired, Vote
 from redlock_aio._node import parse_info
 from redlock_aio.testing import LocalCluster, RedisServer, free_port
 
+from .helpers import settle
+
 pytestmark = pytest.mark.integration
 
 
 def unreachable() -> str:
     """A node URL nothing listens on: this client is cut off from that node."""
     return f"redis://127.0.0.1:{free_port()}/0"
-
-
-async def settle(lock: Lock) -> None:
-    await asyncio.wait(lock._tails)
 
 
 async def hold_on_a_and_b(cluster: LocalCluster) -> tuple[AsyncRedlock, Lock]:

@@ -16,7 +16,6 @@ from redis.asyncio import Redis
 
 from redlock_aio import (
     AsyncRedlock,
-    Lock,
     LockLost,
     LockNotAcquired,
     Vote,
@@ -24,39 +23,13 @@ from redlock_aio import (
 from redlock_aio._scripts import EXTEND, EXTEND_SHA, RELEASE, RELEASE_SHA
 from redlock_aio.testing import HungNode, LocalCluster
 
+from .helpers import keys, no_key, settle
+
 pytestmark = pytest.mark.integration
 
 # The suite starts its nodes itself, so nothing held locks on them before: the
 # restart quarantine (tested in test_quarantine.py) would only delay these tests.
 Redlock = functools.partial(AsyncRedlock, restart_quarantine=0)
-
-
-async def settle(lock: Lock) -> list[bool | None]:
-    """Wait for the lock's requests still in flight (the quorum decides before
-    the slowest node answers); each node's last answer, None for a failure."""
-    tasks = lock._tails
-    await asyncio.wait(tasks)
-    return [
-        None if t.cancelled() or t.exception() is not None else t.result()
-        for t in tasks
-    ]
-
-
-def keys(cluster: LocalCluster, key: bytes = b"r") -> list[object]:
-    return [s.command("GET", key) if s.running else None for s in cluster]
-
-
-async def no_key(
-    cluster: LocalCluster, key: str | bytes = "r", within: float = 5.0
-) -> bool:
-    """No node holds ``key``, once the releases still going on in the background
-    (to a node slower than the quorum; bounded by the per-node timeout) are over."""
-    deadline = time.monotonic() + within
-    while any(v is not None for v in keys(cluster, key)):
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
 
 
 async def test_acquire_extend_release_round_trip(

@@ -1,0 +1,41 @@
+"""Helpers shared by the integration tests: what the nodes hold, and waiting
+for a lock's requests still in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from redlock_aio import Lock
+    from redlock_aio.testing import LocalCluster
+
+
+async def settle(lock: Lock) -> list[bool | None]:
+    """Wait for the lock's requests still in flight (the quorum decides before
+    the slowest node answers); each node's last answer, None for a failure."""
+    tasks = lock._tails
+    await asyncio.wait(tasks)
+    return [
+        None if t.cancelled() or t.exception() is not None else t.result()
+        for t in tasks
+    ]
+
+
+def keys(cluster: LocalCluster, key: str | bytes = "r") -> list[object]:
+    """What each node holds at ``key`` (None for a node that is down)."""
+    return [s.command("GET", key) if s.running else None for s in cluster]
+
+
+async def no_key(
+    cluster: LocalCluster, key: str | bytes = "r", within: float = 5.0
+) -> bool:
+    """No node holds ``key``, once the releases still going on in the background
+    (to a node slower than the quorum; bounded by the per-node timeout) are over."""
+    deadline = time.monotonic() + within
+    while any(v is not None for v in keys(cluster, key)):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
