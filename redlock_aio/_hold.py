@@ -67,11 +67,6 @@ class LockContext:
         self._scope: anyio.CancelScope | None = None
         self._entered = False
 
-    @property
-    def lock_object(self) -> Lock | None:
-        """The :class:`Lock` once entered."""
-        return self._lock
-
     async def __aenter__(self) -> Lock:
         if self._entered:
             raise RedlockError("a lock(...) context can be entered only once")

@@ -163,10 +163,6 @@ class Round:
             return NodeOutcome(node.name, Vote.YES)
         return NodeOutcome(node.name, Vote.QUARANTINED, NodeError(node.name, why))
 
-    def pending(self) -> list[asyncio.Task[bool]]:
-        """The requests still in flight."""
-        return [t for t in self.tasks if not t.done()]
-
 
 async def _ask(node: Node, request: Request, prev: asyncio.Task[bool] | None) -> bool:
     if prev is not None and not prev.done():
