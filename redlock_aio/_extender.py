@@ -148,7 +148,7 @@ class _Chunk:
         self.timeout = timeout
         self.answers: list[list[bool] | None] = [None] * n
         self.expired = [False] * n
-        self.tasks: list[asyncio.Task[bool]] = []
+        self.tasks: list[asyncio.Future[Any]] = []
         self.timers: list[asyncio.Handle] = []
 
     def expire(self, i: int) -> None:
@@ -166,7 +166,7 @@ class _Chunk:
 async def _ask(
     node: Node,
     items: Sequence[tuple[bytes, bytes, int]],
-    prev: Collection[asyncio.Task[Any]],
+    prev: Collection[asyncio.Future[Any]],
     answers: list[list[bool] | None],
     i: int,
 ) -> bool:

@@ -23,6 +23,7 @@ from . import _scripts
 from ._errors import ConfigurationError
 
 if TYPE_CHECKING:
+    import asyncio
     from collections.abc import Hashable, Sequence
 
     from redis.asyncio.connection import AbstractConnection
@@ -77,6 +78,24 @@ class Node(Protocol):
 
     async def aclose(self) -> None:
         """Release what the node holds (connections it opened itself)."""
+        ...
+
+
+@runtime_checkable
+class Poster(Protocol):
+    """A node that can write an encoded request at once and hand back its
+    future, with no task (:class:`~redlock_aio._wire.MuxNode`). Rounds use this
+    fast path where a node offers it, and the :class:`Node` methods elsewhere."""
+
+    def post(
+        self,
+        payload: bytes,
+        after: asyncio.Future[Any] | None = None,
+        script: str | None = None,
+    ) -> asyncio.Future[Any] | None:
+        """Write ``payload`` (a RESP command) now, ordered after ``after``, and
+        return the future of its raw reply; ``None`` if that cannot be done at
+        once. ``script`` is loaded and the request written again on NOSCRIPT."""
         ...
 
 

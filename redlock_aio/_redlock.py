@@ -39,9 +39,9 @@ from ._errors import (
 from ._node import Node, RedisNode, describe_url
 from ._notify import Notifier, Wakeup
 from ._quorum import Decision, NodeOutcome, Vote, quorum, validity_deadline
-from ._round import Request, Round, wait_shielded, wait_tasks_shielded
-from ._scripts import channel
-from ._wire import MuxNode
+from ._round import Ask, Fleet, Round, wait_shielded, wait_tasks_shielded
+from ._scripts import EXTEND, RELEASE, RELEASE_QUIET, channel
+from ._wire import MuxNode, extend_payload, release_payload, set_nx_payload
 
 if sys.version_info >= (3, 11):
     from typing import Self
@@ -105,7 +105,7 @@ class Lock:
         token: bytes,
         ttl: float,
         valid_until: float,
-        tails: list[asyncio.Task[bool]],
+        tails: list[asyncio.Future[Any]],
     ) -> None:
         self._redlock = redlock
         self.resource = resource
@@ -290,6 +290,7 @@ class AsyncRedlock:
         self.quorum = quorum(len(self._nodes))
         self._notifiers = [n for n in self._nodes if isinstance(n, Notifier)]
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._fleet = Fleet(self._nodes, self._spawn)
         # Locks not yet released, so that aclose() can release them even when
         # the caller dropped the handle. Expired ones are pruned as it grows.
         self._held: set[Lock] = set()
@@ -346,7 +347,7 @@ class AsyncRedlock:
         deadline = None if limit is None else self.clock() + limit
         node_timeout = s.node_timeout_for(ttl_s)
         px = _config.ttl_ms(ttl_s)
-        spawned: list[asyncio.Task[bool]] = []
+        spawned: list[asyncio.Future[Any]] = []
         attempt = 0
         rnd: Round | None = None
         wakeup: Wakeup | None = None
@@ -356,20 +357,19 @@ class AsyncRedlock:
                 token = secrets.token_bytes(20)
                 start = self.clock()
                 rnd = Round(
-                    self._nodes,
+                    self._fleet,
                     _set_nx(key, token, px),
                     timeout=node_timeout,
                     needed=self.quorum,
-                    spawn=self._spawn,
                     vet=self._quarantined,
                 )
-                spawned += rnd.tasks
+                spawned += rnd.replies
                 decision = await rnd.decided
                 if decision is Decision.REACHED:
                     valid_until = validity_deadline(start, ttl_s, s.drift_factor)
                     if self.clock() < valid_until:
                         lock = Lock(
-                            self, resource, key, token, ttl_s, valid_until, rnd.tasks
+                            self, resource, key, token, ttl_s, valid_until, rnd.replies
                         )
                         lock._outcomes = rnd.outcomes
                         self._hold(lock)
@@ -443,23 +443,19 @@ class AsyncRedlock:
         key: bytes,
         token: bytes,
         node_timeout: float,
-        spawned: list[asyncio.Task[bool]],
+        spawned: list[asyncio.Future[Any]],
     ) -> None:
         """Release a failed attempt's keys. Nodes that said yes are released now
         (they answer); nodes that timed out, errored or have not answered yet
         are released in the background once their SET is over. Nodes that said
-        no hold nothing of ours. Every task started is added to ``spawned``."""
+        no hold nothing of ours. Every request made is added to ``spawned``."""
         self._undo_later(rnd, key, token, node_timeout, spawned, include_yes=False)
         yes = [i for i, o in enumerate(rnd.outcomes) if o.vote in _SET]
         if yes:
             now = self._release_round(
-                [self._nodes[i] for i in yes],
-                key,
-                token,
-                node_timeout,
-                [rnd.tasks[i] for i in yes],
+                yes, key, token, node_timeout, [rnd.replies[i] for i in yes]
             )
-            spawned += now.tasks
+            spawned += now.replies
             await wait_shielded(now.decided)
 
     def _undo_later(
@@ -468,12 +464,12 @@ class AsyncRedlock:
         key: bytes,
         token: bytes,
         node_timeout: float,
-        spawned: list[asyncio.Task[bool]],
+        spawned: list[asyncio.Future[Any]],
         *,
         include_yes: bool,
     ) -> None:
         """Start releasing on every node whose answer leaves a key of ours
-        possible, each chained after its SET; don't wait."""
+        possible, each after its SET; don't wait."""
         idx = [
             i
             for i, o in enumerate(rnd.outcomes)
@@ -481,33 +477,37 @@ class AsyncRedlock:
         ]
         if idx:
             spawned += self._release_round(
-                [self._nodes[i] for i in idx],
-                key,
-                token,
-                node_timeout,
-                [rnd.tasks[i] for i in idx],
-            ).tasks
+                idx, key, token, node_timeout, [rnd.replies[i] for i in idx]
+            ).replies
 
     def _release_round(
         self,
-        nodes: Sequence[Node],
+        only: Sequence[int] | None,
         key: bytes,
         token: bytes,
         node_timeout: float,
-        after: Sequence[asyncio.Task[bool] | None],
+        after: Sequence[asyncio.Future[Any] | None],
         *,
         notify: bool = False,
         needed: int | None = None,
         required: Sequence[bool] | None = None,
     ) -> Round:
-        return Round(
-            nodes,
+        ask = Ask(
             lambda node: node.release(key, token, notify=notify),
+            release_payload(key, token, notify),
+            1,
+            RELEASE if notify else RELEASE_QUIET,
+        )
+        return Round(
+            self._fleet,
+            ask,
             timeout=node_timeout,
-            needed=len(nodes) if needed is None else needed,
+            needed=(len(self._nodes) if only is None else len(only))
+            if needed is None
+            else needed,
+            only=only,
             wait_all=True,
             after=after,
-            spawn=self._spawn,
             required=required,
         )
 
@@ -558,16 +558,22 @@ class AsyncRedlock:
         # No answer after the current deadline can count: by then another client
         # may legitimately hold the lock.
         timeout = min(self.settings.node_timeout_for(ttl_s), old_deadline - start)
+        key, token = lock.key, lock.token
+        ask = Ask(
+            lambda node: node.extend(key, token, px),
+            extend_payload(key, token, px),
+            1,
+            EXTEND,
+        )
         rnd = Round(
-            self._nodes,
-            lambda node: node.extend(lock.key, lock.token, px),
+            self._fleet,
+            ask,
             timeout=timeout,
             needed=self.quorum,
             after=lock._tails,
-            spawn=self._spawn,
             vet=self._quarantined,
         )
-        lock._tails = rnd.tasks
+        lock._tails = rnd.replies
         lock._outcomes = rnd.outcomes
         decision = await rnd.decided
         now = self.clock()
@@ -602,7 +608,7 @@ class AsyncRedlock:
                 "(its connections too); the keys expire by their TTL"
             )
         rnd = self._release_round(
-            self._nodes,
+            None,
             lock.key,
             lock.token,
             self.settings.node_timeout_for(lock.ttl),
@@ -614,7 +620,7 @@ class AsyncRedlock:
             needed=self.quorum,
             required=[o.vote in _ANSWERS for o in lock._outcomes] or None,
         )
-        lock._tails = rnd.tasks
+        lock._tails = rnd.replies
         try:
             await wait_shielded(rnd.decided)
         finally:
@@ -702,7 +708,7 @@ class AsyncRedlock:
             except ReleaseError as exc:
                 logger.warning("aclose: %s", exc)
         # Requests still in flight end by their own per-node deadline.
-        await wait_tasks_shielded(list(self._tasks))
+        await wait_tasks_shielded([*self._tasks, *self._fleet.in_flight()])
         self._nodes_closed = True
         for node in self._nodes:
             await node.aclose()
@@ -723,8 +729,10 @@ class AsyncRedlock:
         return f"<AsyncRedlock [{names}] quorum={self.quorum}>"
 
 
-def _set_nx(key: bytes, token: bytes, px: int) -> Request:
-    return lambda node: node.set_nx(key, token, px)
+def _set_nx(key: bytes, token: bytes, px: int) -> Ask:
+    return Ask(
+        lambda node: node.set_nx(key, token, px), set_nx_payload(key, token, px), b"OK"
+    )
 
 
 def _make_nodes(specs: Iterable[object]) -> tuple[Node, ...]:

@@ -2,12 +2,19 @@
 
 The caller wakes as soon as the vote is decided (a quorum said yes, or a quorum
 is out of reach), not when the slowest node answers. Requests still in flight
-go on as tasks, each cancelled at its deadline, so a hung node costs at most the
+go on, each cancelled at its deadline, so a hung node costs at most the
 per-node timeout and none of it once a majority has answered.
 
-Each request on a node can be chained after the previous request of the same
+A node that can post (:class:`~redlock_aio._node.Poster`, the default
+transport) gets the request written at once and answers through a bare future:
+no task, and one timer for the whole round. Any other node runs the request as
+a task.
+
+Each request on a node can be ordered after the previous request of the same
 lock on that node (``after``): a release then never overtakes a late ``SET`` or
-``PEXPIRE``, so a key that lands late is still deleted.
+``PEXPIRE``, so a key that lands late is still deleted. On one connection the
+order is the node's own; elsewhere the request's task waits for the previous
+one.
 """
 
 from __future__ import annotations
@@ -20,155 +27,227 @@ from typing import Any, TypeAlias
 import anyio
 
 from ._errors import NodeError
-from ._node import Node
+from ._node import Node, Poster
 from ._quorum import Decision, NodeOutcome, Tally, Vote
 
-Request: TypeAlias = Callable[[Node], Awaitable[bool]]
+Call: TypeAlias = Callable[[Node], Awaitable[bool]]
 #: Says why a node's yes must not count (None: it counts).
 Vet: TypeAlias = Callable[[Node], "str | None"]
 Spawn: TypeAlias = Callable[[Coroutine[Any, Any, bool]], "asyncio.Task[bool]"]
+Post: TypeAlias = Callable[
+    [bytes, "asyncio.Future[Any] | None", "str | None"], "asyncio.Future[Any] | None"
+]
 
 
 #: Votes that are answers from the node (not errors, timeouts or pending).
 _ANSWERS = (Vote.YES, Vote.NO, Vote.QUARANTINED)
 
 
+class Ask:
+    """One request, in both forms: ``payload``, the encoded command a posting
+    node writes as it is (the same bytes for every node), whose reply means yes
+    if it equals ``want``; and ``call``, the coroutine any other node runs.
+    ``script`` is the Lua source behind an ``EVALSHA`` payload."""
+
+    __slots__ = ("call", "payload", "script", "want")
+
+    def __init__(
+        self, call: Call, payload: bytes, want: object, script: str | None = None
+    ) -> None:
+        self.call = call
+        self.payload = payload
+        self.want = want
+        self.script = script
+
+
+class Fleet:
+    """An AsyncRedlock's nodes, and what every round on them shares: each
+    node's post method (or None), its constant outcomes, the task spawner, and
+    the rounds still in flight (so that closing can wait for them)."""
+
+    __slots__ = ("no", "nodes", "pending", "posts", "rounds", "spawn", "yes")
+
+    def __init__(self, nodes: Sequence[Node], spawn: Spawn) -> None:
+        self.nodes = tuple(nodes)
+        self.spawn = spawn
+        self.posts: tuple[Post | None, ...] = tuple(
+            node.post if isinstance(node, Poster) else None for node in nodes
+        )
+        self.pending = tuple(NodeOutcome(n.name, Vote.PENDING) for n in nodes)
+        self.yes = tuple(NodeOutcome(n.name, Vote.YES) for n in nodes)
+        self.no = tuple(NodeOutcome(n.name, Vote.NO) for n in nodes)
+        self.rounds: set[Round] = set()
+
+    def in_flight(self) -> list[asyncio.Future[Any]]:
+        """Every request of every round not yet answered or timed out."""
+        return [f for r in self.rounds for f in r.replies if not f.done()]
+
+
 class Round:
-    """Send ``request`` to every node now; :attr:`decided` resolves once the
+    """Send a request to every node now; :attr:`decided` resolves once the
     outcome is known.
 
-    :param nodes: the nodes, in a fixed order.
-    :param request: what to ask each node; returns its yes or no.
+    :param fleet: the nodes.
+    :param ask: what to ask each node.
     :param timeout: seconds each node gets, counted from now (including the
-        wait for the request it is chained after).
+        wait for the request it is ordered after).
     :param needed: yes votes that make the outcome a success.
+    :param only: the indices of the nodes to ask (default: all), in order;
+        ``after``, ``required`` and :attr:`outcomes` follow this order.
     :param wait_all: resolve once every node has answered or timed out, and
         not at quorum; with ``required``, once the required nodes have, if
         ``needed`` nodes answered at all (yes or no), else once every node has.
     :param required: with ``wait_all``, the nodes to wait for (the others go on
         in the background: a release need not wait for a node that was slow).
-    :param after: per node, a task this request must wait for first.
-    :param spawn: creates the per-node tasks (the owner tracks them, so that
-        none outlives the client).
+    :param after: per node, a request this one must be answered after.
     :param vet: checked on each yes; a reason turns it into a
         :attr:`Vote.QUARANTINED` that does not count.
+
+    :ivar replies: per node, the future of its request (a task on nodes that
+        do not post); done once the node answered, failed or timed out.
+    :ivar outcomes: per node, its outcome so far (pending until it settles).
     """
 
     __slots__ = (
+        "__weakref__",
         "_answered",
+        "_ask",
         "_expired",
+        "_fleet",
+        "_left",
         "_required",
-        "_timers",
+        "_timeout",
+        "_timer",
         "_unsettled",
         "_vet",
+        "_wait_all",
         "decided",
         "outcomes",
+        "replies",
         "tally",
-        "tasks",
     )
 
     def __init__(
         self,
-        nodes: Sequence[Node],
-        request: Request,
+        fleet: Fleet,
+        ask: Ask,
         *,
         timeout: float,
         needed: int,
-        spawn: Spawn,
+        only: Sequence[int] | None = None,
         wait_all: bool = False,
-        after: Sequence[asyncio.Task[bool] | None] | None = None,
+        after: Sequence[asyncio.Future[Any] | None] | None = None,
         vet: Vet | None = None,
         required: Sequence[bool] | None = None,
     ) -> None:
         loop = asyncio.get_running_loop()
+        self._fleet = fleet
+        self._ask = ask
         self._vet = vet
-        n = len(nodes)
+        self._wait_all = wait_all
+        index = range(len(fleet.nodes)) if only is None else only
+        n = len(index)
         self._required = required
         self._unsettled = n if required is None else sum(required)
         self._answered = 0
+        self._left = n
+        self._expired = False
+        timeout = max(timeout, 0.0)
+        self._timeout = timeout
         self.tally = Tally(n, needed)
         self.decided: asyncio.Future[Decision] = loop.create_future()
-        self.outcomes: list[NodeOutcome] = [
-            NodeOutcome(node.name, Vote.PENDING) for node in nodes
-        ]
-        self._expired = [False] * n
-        self.tasks: list[asyncio.Task[bool]] = []
-        self._timers: list[asyncio.TimerHandle] = []
-        timeout = max(timeout, 0.0)
-        for i, node in enumerate(nodes):
-            prev = after[i] if after is not None else None
-            task = spawn(_ask(node, request, prev))
-            self.tasks.append(task)
-            self._timers.append(loop.call_later(timeout, self._expire, i))
-            task.add_done_callback(partial(self._on_done, i, node, timeout, wait_all))
+        pending = fleet.pending
+        self.outcomes: list[NodeOutcome] = (
+            list(pending) if only is None else [pending[i] for i in index]
+        )
+        self.replies: list[asyncio.Future[Any]] = []
+        posts = fleet.posts
+        payload = ask.payload
+        script = ask.script
+        for j, i in enumerate(index):
+            prev = None if after is None else after[j]
+            post = posts[i]
+            fut = None if post is None else post(payload, prev, script)
+            if fut is None:
+                fut = fleet.spawn(_ask(fleet.nodes[i], ask.call, prev))
+                fut.add_done_callback(partial(self._on_done, j, i, False))
+            else:
+                fut.add_done_callback(partial(self._on_done, j, i, True))
+            self.replies.append(fut)
+        self._timer = loop.call_later(timeout, self._expire)
+        fleet.rounds.add(self)
 
-    def _expire(self, i: int) -> None:
+    def _expire(self) -> None:
         # One more turn of the loop: after a stall, the reply may already have
-        # been read, its task scheduled to resume just behind this timer.
-        asyncio.get_running_loop().call_soon(self._expire_now, i)
+        # been read, its callback scheduled just behind this timer.
+        asyncio.get_running_loop().call_soon(self._expire_now)
 
-    def _expire_now(self, i: int) -> None:
-        task = self.tasks[i]
-        if not task.done():
-            self._expired[i] = True
-            task.cancel()
+    def _expire_now(self) -> None:
+        self._expired = True
+        for fut in self.replies:
+            if not fut.done():
+                fut.cancel()
 
-    def _on_done(
-        self,
-        i: int,
-        node: Node,
-        timeout: float,
-        wait_all: bool,
-        task: asyncio.Task[bool],
-    ) -> None:
-        self._timers[i].cancel()
-        if task.cancelled():
-            if self._expired[i]:
-                err = NodeError(node.name, f"no reply within {timeout * 1000:.0f} ms")
+    def _on_done(self, j: int, i: int, raw: bool, fut: asyncio.Future[Any]) -> None:
+        node = self._fleet.nodes[i]
+        outcome: NodeOutcome
+        if fut.cancelled():
+            if self._expired:
+                err = NodeError(
+                    node.name, f"no reply within {self._timeout * 1000:.0f} ms"
+                )
                 err.__cause__ = TimeoutError()
                 outcome = NodeOutcome(node.name, Vote.TIMEOUT, err)
             else:
                 err = NodeError(node.name, "request cancelled (client closing)")
                 outcome = NodeOutcome(node.name, Vote.ERROR, err)
         else:
-            exc = task.exception()
+            exc = fut.exception()
             if exc is None:
-                outcome = self._vote(node, task.result())
+                result = fut.result()
+                if raw:
+                    result = result == self._ask.want
+                outcome = self._vote(i, node, result)
             else:
                 err = NodeError(node.name, f"{type(exc).__name__}: {exc}")
                 err.__cause__ = exc
                 outcome = NodeOutcome(node.name, Vote.ERROR, err)
-        self.outcomes[i] = outcome
-        decision = self.tally.add(outcome.ok)
-        if outcome.vote in _ANSWERS:
+        self.outcomes[j] = outcome
+        self._left -= 1
+        if self._left == 0:
+            self._timer.cancel()
+            self._fleet.rounds.discard(self)
+        vote = outcome.vote
+        decision = self.tally.add(vote is Vote.YES)
+        if vote in _ANSWERS:
             self._answered += 1
-        if self._required is None or self._required[i]:
+        if self._required is None or self._required[j]:
             self._unsettled -= 1
         if self.decided.done():
             return
-        if wait_all:
+        if self._wait_all:
             tally = self.tally
-            if tally.yes + tally.no == len(self.tasks) or (
+            if tally.yes + tally.no == len(self.replies) or (
                 self._unsettled <= 0 and self._answered >= tally.needed
             ):
                 self.decided.set_result(decision)
         elif decision is not Decision.PENDING:
             self.decided.set_result(decision)
 
-    def _vote(self, node: Node, yes: bool) -> NodeOutcome:
+    def _vote(self, i: int, node: Node, yes: bool) -> NodeOutcome:
         if not yes:
-            return NodeOutcome(node.name, Vote.NO)
+            return self._fleet.no[i]
         why = None if self._vet is None else self._vet(node)
         if why is None:
-            return NodeOutcome(node.name, Vote.YES)
+            return self._fleet.yes[i]
         return NodeOutcome(node.name, Vote.QUARANTINED, NodeError(node.name, why))
 
 
-async def _ask(node: Node, request: Request, prev: asyncio.Task[bool] | None) -> bool:
+async def _ask(node: Node, call: Call, prev: asyncio.Future[Any] | None) -> bool:
     if prev is not None and not prev.done():
         # asyncio.wait never cancels prev, even if this task is cancelled.
         await asyncio.wait((prev,))
-    return await request(node)
+    return await call(node)
 
 
 async def wait_shielded(fut: asyncio.Future[Decision]) -> Decision:
@@ -192,19 +271,19 @@ async def wait_shielded(fut: asyncio.Future[Decision]) -> Decision:
     raise cancelled
 
 
-async def wait_tasks_shielded(tasks: Sequence[asyncio.Task[Any]]) -> None:
+async def wait_tasks_shielded(tasks: Sequence[asyncio.Future[Any]]) -> None:
     """Wait, shielded as :func:`wait_shielded`, until every task has ended."""
     pending = [t for t in tasks if not t.done()]
     if pending:
         await wait_shielded(_all_done(pending))
 
 
-def _all_done(tasks: Sequence[asyncio.Task[Any]]) -> asyncio.Future[Decision]:
+def _all_done(tasks: Sequence[asyncio.Future[Any]]) -> asyncio.Future[Decision]:
     """A future that resolves when every task has ended, whatever their result."""
     fut: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
     left = len(tasks)
 
-    def done(_: asyncio.Task[Any]) -> None:
+    def done(_: asyncio.Future[Any]) -> None:
         nonlocal left
         left -= 1
         if left == 0 and not fut.done():

@@ -42,7 +42,13 @@ from ._notify import Channels
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable, Sequence
 
-__all__ = ["MuxNode", "encode_command"]
+__all__ = [
+    "MuxNode",
+    "encode_command",
+    "extend_payload",
+    "release_payload",
+    "set_nx_payload",
+]
 
 logger = logging.getLogger("redlock_aio")
 
@@ -136,6 +142,74 @@ def _reply_error(message: str) -> Exception:
     return exc
 
 
+def set_nx_payload(key: bytes, token: bytes, ttl_ms: int) -> bytes:
+    """``SET key token NX PX ttl_ms``, encoded (the same bytes for every node)."""
+    ttl = b"%d" % ttl_ms
+    return b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n%s$%d\r\n%s\r\n" % (
+        _SET_HEAD,
+        len(key),
+        key,
+        len(token),
+        token,
+        _NX_PX,
+        len(ttl),
+        ttl,
+    )
+
+
+def release_payload(key: bytes, token: bytes, notify: bool) -> bytes:
+    """``EVALSHA`` of the release script (announced or quiet), encoded."""
+    return b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
+        _RELEASE_HEAD if notify else _RELEASE_QUIET_HEAD,
+        len(key),
+        key,
+        len(token),
+        token,
+    )
+
+
+def extend_payload(key: bytes, token: bytes, ttl_ms: int) -> bytes:
+    """``EVALSHA`` of the extend script, encoded."""
+    ttl = b"%d" % ttl_ms
+    return b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
+        _EXTEND_HEAD,
+        len(key),
+        key,
+        len(token),
+        token,
+        len(ttl),
+        ttl,
+    )
+
+
+class Reply(asyncio.Future[Any]):
+    """The future of one request written on a :class:`_Conn`.
+
+    Cancelling it (a caller's timeout) tells the connection, which keeps its
+    FIFO in step (the reply is dropped when it comes) or aborts a stuck node.
+    A request with a ``script`` is written again after ``SCRIPT LOAD`` if the
+    node answers NOSCRIPT (after ``SCRIPT FLUSH`` or a restart), once.
+    """
+
+    __slots__ = ("conn", "mark", "payload", "script")
+
+    conn: _Conn
+    #: ``conn.received`` when the request was written.
+    mark: int
+    payload: bytes
+    script: str | None
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        if not super().cancel(msg):
+            return False
+        self.conn.cancelled(self.mark)
+        return True
+
+
+def _ignore(reply: object) -> None:
+    """A ``SCRIPT LOAD`` reply: an error shows on the request written after it."""
+
+
 class _Conn(asyncio.Protocol):
     """One connection: writes requests as they come, resolves their futures in
     order as replies arrive.
@@ -145,6 +219,7 @@ class _Conn(asyncio.Protocol):
     """
 
     __slots__ = (
+        "_corked",
         "_loop",
         "_node",
         "_reader",
@@ -160,9 +235,11 @@ class _Conn(asyncio.Protocol):
         self._node = node
         self._loop = loop
         self._reader = hiredis.Reader(replyError=_reply_error)
-        self._waiters: deque[asyncio.Future[Any] | None] = deque()
+        self._waiters: deque[Reply | None] = deque()
         self._setup: deque[tuple[str, Callable[[object], None] | None]] = deque()
         self._transport: asyncio.Transport | None = None
+        # Writes made later in the same loop turn as the first, sent together.
+        self._corked: list[bytes] | None = None
         #: Why the connection is unusable (exception class, message), once it is.
         self.failure: tuple[type[Exception], str] | None = None
         #: How many times data arrived: tells a stuck node from a busy one.
@@ -177,19 +254,50 @@ class _Conn(asyncio.Protocol):
 
     def set_up(self, commands: list[Setup]) -> None:
         """Write the set-up commands, before any request."""
-        transport = self._transport
-        assert transport is not None
         for label, payload, handler in commands:
-            transport.write(payload)
+            self._write(payload)
             self._waiters.append(None)
             self._setup.append((label, handler))
 
-    def send(self, payload: bytes) -> asyncio.Future[Any]:
+    def send(self, payload: bytes, script: str | None = None) -> Reply:
         """Write one request now; its future resolves with the reply."""
-        fut = self._loop.create_future()
-        self._transport.write(payload)  # type: ignore[union-attr]
+        fut = Reply(loop=self._loop)
+        fut.conn = self
+        fut.mark = self.received
+        fut.payload = payload
+        fut.script = script
+        self._write(payload)
         self._waiters.append(fut)
         return fut
+
+    def _write(self, data: bytes) -> None:
+        """Write ``data``: the first write of a loop turn goes out at once (no
+        added latency), the later ones of the same turn together at its end (one
+        system call for a burst, instead of one per request)."""
+        corked = self._corked
+        if corked is None:
+            self._transport.write(data)  # type: ignore[union-attr]
+            self._corked = []
+            self._loop.call_soon(self._uncork)
+        else:
+            corked.append(data)
+
+    def _uncork(self) -> None:
+        corked, self._corked = self._corked, None
+        if corked and self._transport is not None and self.failure is None:
+            self._transport.write(b"".join(corked))
+
+    def _reload(self, fut: Reply) -> None:
+        """Load ``fut``'s script (the node answered NOSCRIPT) and write the
+        request again, behind the requests already in flight."""
+        script, fut.script = fut.script, None
+        assert script is not None
+        self._write(encode_command(("SCRIPT", "LOAD", script)))
+        self._waiters.append(None)
+        self._setup.append(("SCRIPT LOAD", _ignore))
+        fut.mark = self.received
+        self._write(fut.payload)
+        self._waiters.append(fut)
 
     def data_received(self, data: bytes) -> None:
         self.received += 1
@@ -204,10 +312,12 @@ class _Conn(asyncio.Protocol):
                     if self._set_up_reply(reply):
                         return
                 elif not fut.done():
-                    if isinstance(reply, Exception):
-                        fut.set_exception(reply)
-                    else:
+                    if not isinstance(reply, Exception):
                         fut.set_result(reply)
+                    elif fut.script is not None and isinstance(reply, NoScriptError):
+                        self._reload(fut)
+                    else:
+                        fut.set_exception(reply)
                 reply = reader.gets()
         except (hiredis.HiredisError, IndexError) as exc:
             what = "an unexpected reply" if isinstance(exc, IndexError) else exc
@@ -434,42 +544,16 @@ class MuxNode:
     # -- the Node protocol ---------------------------------------------------------
 
     async def set_nx(self, key: bytes, token: bytes, ttl_ms: int) -> bool:
-        ttl = b"%d" % ttl_ms
-        payload = b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n%s$%d\r\n%s\r\n" % (
-            _SET_HEAD,
-            len(key),
-            key,
-            len(token),
-            token,
-            _NX_PX,
-            len(ttl),
-            ttl,
-        )
-        return await self._call(payload) == _OK
+        return await self._call(set_nx_payload(key, token, ttl_ms)) == _OK
 
     async def release(self, key: bytes, token: bytes, *, notify: bool = True) -> bool:
-        payload = b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
-            _RELEASE_HEAD if notify else _RELEASE_QUIET_HEAD,
-            len(key),
-            key,
-            len(token),
-            token,
-        )
+        payload = release_payload(key, token, notify)
         script = _scripts.RELEASE if notify else _scripts.RELEASE_QUIET
-        return await self._script(payload, script) == 1
+        return await self._call(payload, script) == 1
 
     async def extend(self, key: bytes, token: bytes, ttl_ms: int) -> bool:
-        ttl = b"%d" % ttl_ms
-        payload = b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
-            _EXTEND_HEAD,
-            len(key),
-            key,
-            len(token),
-            token,
-            len(ttl),
-            ttl,
-        )
-        return await self._script(payload, _scripts.EXTEND) == 1
+        payload = extend_payload(key, token, ttl_ms)
+        return await self._call(payload, _scripts.EXTEND) == 1
 
     async def extend_many(
         self, items: Sequence[tuple[bytes, bytes, int]]
@@ -478,7 +562,7 @@ class MuxNode:
         args += [key for key, _, _ in items]
         for _, token, ttl_ms in items:
             args += (token, ttl_ms)
-        reply = await self._script(encode_command(tuple(args)), _scripts.EXTEND_MANY)
+        reply = await self._call(encode_command(tuple(args)), _scripts.EXTEND_MANY)
         assert isinstance(reply, list)
         return [r == 1 for r in reply]
 
@@ -515,25 +599,37 @@ class MuxNode:
 
     # -- internals -------------------------------------------------------------------
 
-    async def _call(self, payload: bytes) -> object:
+    def post(
+        self,
+        payload: bytes,
+        after: asyncio.Future[Any] | None = None,
+        script: str | None = None,
+    ) -> Reply | None:
+        """Write ``payload`` now and return its future, with no task: the fast
+        path of a round. ``None`` if that cannot be done at once (not connected
+        yet, or ``after`` is still in flight elsewhere than on this connection,
+        so the order would not be kept): use the coroutine methods then.
+
+        A request written on the same connection as ``after`` is answered after
+        it: the node runs one connection's commands in order.
+        """
+        conn = self._conn
+        if conn is None or self._closed:
+            return None
+        if (
+            after is not None
+            and not after.done()
+            and (type(after) is not Reply or after.conn is not conn)
+        ):
+            return None
+        return conn.send(payload, script)
+
+    async def _call(self, payload: bytes, script: str | None = None) -> object:
         conn = self._conn
         if conn is None:
             conn = await self._connect()
-        mark = conn.received
-        fut = conn.send(payload)
-        try:
-            return await fut
-        except asyncio.CancelledError:
-            if fut.cancelled():  # no reply yet
-                conn.cancelled(mark)
-            raise
-
-    async def _script(self, payload: bytes, script: str) -> object:
-        try:
-            return await self._call(payload)
-        except NoScriptError:
-            await self._call(encode_command(("SCRIPT", "LOAD", script)))
-            return await self._call(payload)
+        # Cancelling this task cancels the Reply, which tells the connection.
+        return await conn.send(payload, script)
 
     async def _connect(self) -> _Conn:
         """The connection, opened if needed; concurrent callers share one
