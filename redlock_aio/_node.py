@@ -24,7 +24,7 @@ from ._errors import ConfigurationError
 
 if TYPE_CHECKING:
     import asyncio
-    from collections.abc import Hashable, Sequence
+    from collections.abc import Callable, Hashable, Sequence
 
     from redis.asyncio.connection import AbstractConnection
 
@@ -92,10 +92,13 @@ class Poster(Protocol):
         payload: bytes,
         after: asyncio.Future[Any] | None = None,
         script: str | None = None,
+        hook: Callable[[Any], None] | None = None,
     ) -> asyncio.Future[Any] | None:
         """Write ``payload`` (a RESP command) now, ordered after ``after``, and
         return the future of its raw reply; ``None`` if that cannot be done at
-        once. ``script`` is loaded and the request written again on NOSCRIPT."""
+        once. ``script`` is loaded and the request written again on NOSCRIPT.
+        ``hook(future)`` is called as soon as the future is done, in the same
+        turn of the loop."""
         ...
 
 

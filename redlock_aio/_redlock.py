@@ -39,7 +39,7 @@ from ._errors import (
 from ._node import Node, RedisNode, describe_url
 from ._notify import Notifier, Wakeup
 from ._quorum import Decision, NodeOutcome, Vote, quorum, validity_deadline
-from ._round import Ask, Fleet, Round, wait_shielded, wait_tasks_shielded
+from ._round import Ask, Fleet, Round, wait_decided, wait_tasks_shielded
 from ._scripts import EXTEND, RELEASE, RELEASE_QUIET, channel
 from ._wire import MuxNode, extend_payload, release_payload, set_nx_payload
 
@@ -456,7 +456,7 @@ class AsyncRedlock:
                 yes, key, token, node_timeout, [rnd.replies[i] for i in yes]
             )
             spawned += now.replies
-            await wait_shielded(now.decided)
+            await wait_decided(now)
 
     def _undo_later(
         self,
@@ -490,7 +490,7 @@ class AsyncRedlock:
         *,
         notify: bool = False,
         needed: int | None = None,
-        required: Sequence[bool] | None = None,
+        before: Sequence[NodeOutcome] | None = None,
     ) -> Round:
         ask = Ask(
             lambda node: node.release(key, token, notify=notify),
@@ -508,7 +508,7 @@ class AsyncRedlock:
             only=only,
             wait_all=True,
             after=after,
-            required=required,
+            before=before,
         )
 
     def _retry_delay(self, attempt: int) -> float:
@@ -614,19 +614,20 @@ class AsyncRedlock:
             self.settings.node_timeout_for(lock.ttl),
             lock._tails,
             notify=True,
-            # Wait for the nodes that answered this lock's last request; the
-            # release to one that was slow or failing goes on in the background
-            # (chained after that request, bounded by the per-node timeout).
+            # Wait for the nodes that answered this lock's last request (by the
+            # time the others are done); the release to one that was slow or
+            # failing goes on in the background (after that request, bounded
+            # by the per-node timeout).
             needed=self.quorum,
-            required=[o.vote in _ANSWERS for o in lock._outcomes] or None,
+            before=lock._outcomes or None,
         )
         lock._tails = rnd.replies
         try:
-            await wait_shielded(rnd.decided)
+            await wait_decided(rnd)
         finally:
             lock._outcomes = rnd.outcomes
             confirmed = sum(o.vote in (Vote.YES, Vote.NO) for o in rnd.outcomes)
-            if rnd.decided.done() and confirmed >= self.quorum:
+            if rnd.decision is not Decision.PENDING and confirmed >= self.quorum:
                 lock._released = True
                 self._held.discard(lock)
         if not lock._released:

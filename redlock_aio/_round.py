@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from functools import partial
-from typing import Any, TypeAlias
+from typing import Any, NoReturn, TypeAlias
 
 import anyio
 
@@ -34,8 +34,10 @@ Call: TypeAlias = Callable[[Node], Awaitable[bool]]
 #: Says why a node's yes must not count (None: it counts).
 Vet: TypeAlias = Callable[[Node], "str | None"]
 Spawn: TypeAlias = Callable[[Coroutine[Any, Any, bool]], "asyncio.Task[bool]"]
+Hook: TypeAlias = Callable[["asyncio.Future[Any]"], None]
 Post: TypeAlias = Callable[
-    [bytes, "asyncio.Future[Any] | None", "str | None"], "asyncio.Future[Any] | None"
+    [bytes, "asyncio.Future[Any] | None", "str | None", Hook],
+    "asyncio.Future[Any] | None",
 ]
 
 
@@ -93,12 +95,15 @@ class Round:
         wait for the request it is ordered after).
     :param needed: yes votes that make the outcome a success.
     :param only: the indices of the nodes to ask (default: all), in order;
-        ``after``, ``required`` and :attr:`outcomes` follow this order.
+        ``after``, ``before`` and :attr:`outcomes` follow this order.
     :param wait_all: resolve once every node has answered or timed out, and
-        not at quorum; with ``required``, once the required nodes have, if
-        ``needed`` nodes answered at all (yes or no), else once every node has.
-    :param required: with ``wait_all``, the nodes to wait for (the others go on
-        in the background: a release need not wait for a node that was slow).
+        not at quorum; with ``before``, as soon as ``needed`` nodes answered
+        (yes or no) and every node that answered the previous request has.
+    :param before: with ``wait_all``, the outcomes of the previous request on
+        the same nodes (live, as they come). A node that failed or timed out on
+        it, or has not answered it yet when the others are done, is not waited
+        for: its request goes on in the background (a release need not wait for
+        a node that was slow).
     :param after: per node, a request this one must be answered after.
     :param vet: checked on each yes; a reason turns it into a
         :attr:`Vote.QUARANTINED` that does not count.
@@ -106,22 +111,25 @@ class Round:
     :ivar replies: per node, the future of its request (a task on nodes that
         do not post); done once the node answered, failed or timed out.
     :ivar outcomes: per node, its outcome so far (pending until it settles).
+    :ivar decision: the outcome once decided (:attr:`decided` may have been
+        cancelled by its waiter meanwhile).
     """
 
     __slots__ = (
         "__weakref__",
         "_answered",
         "_ask",
+        "_before",
         "_expired",
         "_fleet",
         "_left",
-        "_required",
         "_timeout",
         "_timer",
-        "_unsettled",
         "_vet",
         "_wait_all",
+        "_watchers",
         "decided",
+        "decision",
         "outcomes",
         "replies",
         "tally",
@@ -138,7 +146,7 @@ class Round:
         wait_all: bool = False,
         after: Sequence[asyncio.Future[Any] | None] | None = None,
         vet: Vet | None = None,
-        required: Sequence[bool] | None = None,
+        before: Sequence[NodeOutcome] | None = None,
     ) -> None:
         loop = asyncio.get_running_loop()
         self._fleet = fleet
@@ -147,8 +155,7 @@ class Round:
         self._wait_all = wait_all
         index = range(len(fleet.nodes)) if only is None else only
         n = len(index)
-        self._required = required
-        self._unsettled = n if required is None else sum(required)
+        self._before = before
         self._answered = 0
         self._left = n
         self._expired = False
@@ -156,6 +163,8 @@ class Round:
         self._timeout = timeout
         self.tally = Tally(n, needed)
         self.decided: asyncio.Future[Decision] = loop.create_future()
+        self.decision = Decision.PENDING
+        self._watchers: list[asyncio.Future[Decision]] | None = None
         pending = fleet.pending
         self.outcomes: list[NodeOutcome] = (
             list(pending) if only is None else [pending[i] for i in index]
@@ -167,12 +176,12 @@ class Round:
         for j, i in enumerate(index):
             prev = None if after is None else after[j]
             post = posts[i]
-            fut = None if post is None else post(payload, prev, script)
+            fut = None
+            if post is not None:
+                fut = post(payload, prev, script, partial(self._on_done, j, i, True))
             if fut is None:
                 fut = fleet.spawn(_ask(fleet.nodes[i], ask.call, prev))
                 fut.add_done_callback(partial(self._on_done, j, i, False))
-            else:
-                fut.add_done_callback(partial(self._on_done, j, i, True))
             self.replies.append(fut)
         self._timer = loop.call_later(timeout, self._expire)
         fleet.rounds.add(self)
@@ -189,9 +198,12 @@ class Round:
                 fut.cancel()
 
     def _on_done(self, j: int, i: int, raw: bool, fut: asyncio.Future[Any]) -> None:
+        """Node ``i`` (``j``-th of this round) settled: count its vote."""
         node = self._fleet.nodes[i]
         outcome: NodeOutcome
-        if fut.cancelled():
+        try:
+            result = fut.result()
+        except asyncio.CancelledError:
             if self._expired:
                 err = NodeError(
                     node.name, f"no reply within {self._timeout * 1000:.0f} ms"
@@ -201,38 +213,65 @@ class Round:
             else:
                 err = NodeError(node.name, "request cancelled (client closing)")
                 outcome = NodeOutcome(node.name, Vote.ERROR, err)
+        except Exception as exc:  # noqa: BLE001 (any failure is a vote against)
+            err = NodeError(node.name, f"{type(exc).__name__}: {exc}")
+            err.__cause__ = exc
+            outcome = NodeOutcome(node.name, Vote.ERROR, err)
         else:
-            exc = fut.exception()
-            if exc is None:
-                result = fut.result()
-                if raw:
-                    result = result == self._ask.want
-                outcome = self._vote(i, node, result)
-            else:
-                err = NodeError(node.name, f"{type(exc).__name__}: {exc}")
-                err.__cause__ = exc
-                outcome = NodeOutcome(node.name, Vote.ERROR, err)
+            if raw:
+                result = result == self._ask.want
+            outcome = self._vote(i, node, result)
         self.outcomes[j] = outcome
         self._left -= 1
         if self._left == 0:
             self._timer.cancel()
             self._fleet.rounds.discard(self)
         vote = outcome.vote
-        decision = self.tally.add(vote is Vote.YES)
+        tally = self.tally
+        decision = tally.add(vote is Vote.YES)
         if vote in _ANSWERS:
             self._answered += 1
-        if self._required is None or self._required[j]:
-            self._unsettled -= 1
-        if self.decided.done():
+        if self.decision is not Decision.PENDING:
             return
         if self._wait_all:
-            tally = self.tally
             if tally.yes + tally.no == len(self.replies) or (
-                self._unsettled <= 0 and self._answered >= tally.needed
+                self._answered >= tally.needed and self._rest_excused()
             ):
-                self.decided.set_result(decision)
+                self._decide(decision)
         elif decision is not Decision.PENDING:
+            self._decide(decision)
+
+    def _rest_excused(self) -> bool:
+        """Every node still pending failed, timed out or has not answered the
+        previous request (see ``before``)."""
+        before = self._before
+        if before is None:
+            return False
+        for now, then in zip(self.outcomes, before, strict=True):
+            if now.vote is Vote.PENDING and then.vote in _ANSWERS:
+                return False
+        return True
+
+    def _decide(self, decision: Decision) -> None:
+        self.decision = decision
+        if not self.decided.done():
             self.decided.set_result(decision)
+        watchers, self._watchers = self._watchers, None
+        for fut in watchers or ():
+            if not fut.done():
+                fut.set_result(decision)
+
+    def watch(self) -> asyncio.Future[Decision]:
+        """A new future that resolves with the decision (for a waiter whose
+        wait for :attr:`decided` was cancelled)."""
+        fut: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        if self.decision is not Decision.PENDING:
+            fut.set_result(self.decision)
+        elif self._watchers is None:
+            self._watchers = [fut]
+        else:
+            self._watchers.append(fut)
+        return fut
 
     def _vote(self, i: int, node: Node, yes: bool) -> NodeOutcome:
         if not yes:
@@ -250,32 +289,44 @@ async def _ask(node: Node, call: Call, prev: asyncio.Future[Any] | None) -> bool
     return await call(node)
 
 
-async def wait_shielded(fut: asyncio.Future[Decision]) -> Decision:
-    """Wait for ``fut``, which settles by itself within a bound (the per-node
-    timeout), even if the caller is cancelled meanwhile; then re-raise that
-    cancellation. This is how release and the cleanup of a failed or cancelled
-    acquire finish their work before a cancellation propagates.
-    """
+async def wait_decided(rnd: Round) -> Decision:
+    """Wait for the round's decision, which comes by itself within a bound (the
+    per-node timeout), even if the caller is cancelled meanwhile; then re-raise
+    that cancellation. This is how release and the cleanup of a failed or
+    cancelled acquire finish their work before a cancellation propagates."""
     try:
-        return await asyncio.shield(fut)
+        return await rnd.decided  # cancelling it does not stop the round
     except asyncio.CancelledError as first:
-        cancelled = first
-    # A cancelled anyio scope re-delivers its cancellation at every await:
-    # shield this task from it until fut settles.
-    with anyio.CancelScope(shield=True):
-        while not fut.done():
-            try:
-                await asyncio.shield(fut)
-            except asyncio.CancelledError as exc:
-                cancelled = exc
-    raise cancelled
+        await _outlast(lambda: rnd.decision is not Decision.PENDING, rnd.watch, first)
 
 
 async def wait_tasks_shielded(tasks: Sequence[asyncio.Future[Any]]) -> None:
-    """Wait, shielded as :func:`wait_shielded`, until every task has ended."""
+    """Wait, shielded as :func:`wait_decided`, until every task has ended."""
     pending = [t for t in tasks if not t.done()]
     if pending:
-        await wait_shielded(_all_done(pending))
+        fut = _all_done(pending)
+        try:
+            await asyncio.shield(fut)
+        except asyncio.CancelledError as first:
+            await _outlast(fut.done, lambda: asyncio.shield(fut), first)
+
+
+async def _outlast(
+    done: Callable[[], bool],
+    watch: Callable[[], Awaitable[object]],
+    cancelled: asyncio.CancelledError,
+) -> NoReturn:
+    """Wait, shielded, until ``done()``, awaiting ``watch()`` meanwhile; then
+    raise the (latest) cancellation."""
+    # A cancelled anyio scope re-delivers its cancellation at every await:
+    # shield this task from it until done.
+    with anyio.CancelScope(shield=True):
+        while not done():
+            try:
+                await watch()
+            except asyncio.CancelledError as exc:
+                cancelled = exc
+    raise cancelled
 
 
 def _all_done(tasks: Sequence[asyncio.Future[Any]]) -> asyncio.Future[Decision]:

@@ -189,21 +189,34 @@ class Reply(asyncio.Future[Any]):
     FIFO in step (the reply is dropped when it comes) or aborts a stuck node.
     A request with a ``script`` is written again after ``SCRIPT LOAD`` if the
     node answers NOSCRIPT (after ``SCRIPT FLUSH`` or a restart), once.
+
+    ``hook``, if set, is called with the future as soon as it is done, in the
+    same turn of the loop (a done callback would run one turn later).
     """
 
-    __slots__ = ("conn", "mark", "payload", "script")
+    __slots__ = ("conn", "hook", "mark", "payload", "script")
 
     conn: _Conn
     #: ``conn.received`` when the request was written.
     mark: int
     payload: bytes
     script: str | None
+    hook: Callable[[Reply], None] | None
 
     def cancel(self, msg: Any | None = None) -> bool:
         if not super().cancel(msg):
             return False
         self.conn.cancelled(self.mark)
+        if self.hook is not None:
+            self.settled()
         return True
+
+    def settled(self) -> None:
+        """Call the hook (the future is done)."""
+        try:
+            self.hook(self)  # type: ignore[misc]
+        except Exception:  # a bug: must not break the connection
+            logger.exception("handling a reply from %s", self.conn.name)
 
 
 def _ignore(reply: object) -> None:
@@ -259,13 +272,23 @@ class _Conn(asyncio.Protocol):
             self._waiters.append(None)
             self._setup.append((label, handler))
 
-    def send(self, payload: bytes, script: str | None = None) -> Reply:
+    @property
+    def name(self) -> str:
+        return self._node.name
+
+    def send(
+        self,
+        payload: bytes,
+        script: str | None = None,
+        hook: Callable[[Reply], None] | None = None,
+    ) -> Reply:
         """Write one request now; its future resolves with the reply."""
         fut = Reply(loop=self._loop)
         fut.conn = self
         fut.mark = self.received
         fut.payload = payload
         fut.script = script
+        fut.hook = hook
         self._write(payload)
         self._waiters.append(fut)
         return fut
@@ -316,8 +339,12 @@ class _Conn(asyncio.Protocol):
                         fut.set_result(reply)
                     elif fut.script is not None and isinstance(reply, NoScriptError):
                         self._reload(fut)
+                        reply = reader.gets()
+                        continue
                     else:
                         fut.set_exception(reply)
+                    if fut.hook is not None:
+                        fut.settled()
                 reply = reader.gets()
         except (hiredis.HiredisError, IndexError) as exc:
             what = "an unexpected reply" if isinstance(exc, IndexError) else exc
@@ -371,6 +398,8 @@ class _Conn(asyncio.Protocol):
         for fut in waiters:
             if fut is not None and not fut.done():
                 fut.set_exception(exc_type(message))
+                if fut.hook is not None:
+                    fut.settled()
         if self._transport is not None:
             self._transport.abort()
 
@@ -604,6 +633,7 @@ class MuxNode:
         payload: bytes,
         after: asyncio.Future[Any] | None = None,
         script: str | None = None,
+        hook: Callable[[Reply], None] | None = None,
     ) -> Reply | None:
         """Write ``payload`` now and return its future, with no task: the fast
         path of a round. ``None`` if that cannot be done at once (not connected
@@ -611,7 +641,8 @@ class MuxNode:
         so the order would not be kept): use the coroutine methods then.
 
         A request written on the same connection as ``after`` is answered after
-        it: the node runs one connection's commands in order.
+        it: the node runs one connection's commands in order. ``hook`` is called
+        with the future as soon as it is done (see :class:`Reply`).
         """
         conn = self._conn
         if conn is None or self._closed:
@@ -622,7 +653,7 @@ class MuxNode:
             and (type(after) is not Reply or after.conn is not conn)
         ):
             return None
-        return conn.send(payload, script)
+        return conn.send(payload, script, hook)
 
     async def _call(self, payload: bytes, script: str | None = None) -> object:
         conn = self._conn

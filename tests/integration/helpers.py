@@ -7,6 +7,8 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
+from redlock_aio import Vote
+
 if TYPE_CHECKING:
     from redlock_aio import Lock
     from redlock_aio.testing import LocalCluster
@@ -14,13 +16,11 @@ if TYPE_CHECKING:
 
 async def settle(lock: Lock) -> list[bool | None]:
     """Wait for the lock's requests still in flight (the quorum decides before
-    the slowest node answers); each node's last answer, None for a failure."""
-    tasks = lock._tails
-    await asyncio.wait(tasks)
-    return [
-        None if t.cancelled() or t.exception() is not None else t.result()
-        for t in tasks
-    ]
+    the slowest node answers); each node's last answer: True for yes, False for
+    no, None for a failure or a timeout."""
+    await asyncio.wait(lock._tails)
+    answers = {Vote.YES: True, Vote.QUARANTINED: True, Vote.NO: False}
+    return [answers.get(o.vote) for o in lock.outcomes]
 
 
 def keys(cluster: LocalCluster, key: str | bytes = "r") -> list[object]:
