@@ -710,6 +710,7 @@ class AsyncRedlock:
                 logger.warning("aclose: %s", exc)
         # Requests still in flight end by their own per-node deadline.
         await wait_tasks_shielded([*self._tasks, *self._fleet.in_flight()])
+        self._fleet.close()
         self._nodes_closed = True
         for node in self._nodes:
             await node.aclose()

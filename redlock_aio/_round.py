@@ -20,6 +20,10 @@ one.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
+import math
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from functools import partial
 from typing import Any, NoReturn, TypeAlias
@@ -28,7 +32,7 @@ import anyio
 
 from ._errors import NodeError
 from ._node import Node, Poster
-from ._quorum import Decision, NodeOutcome, Tally, Vote
+from ._quorum import Decision, NodeOutcome, Vote
 
 Call: TypeAlias = Callable[[Node], Awaitable[bool]]
 #: Says why a node's yes must not count (None: it counts).
@@ -40,6 +44,8 @@ Post: TypeAlias = Callable[
     "asyncio.Future[Any] | None",
 ]
 
+
+_RESOLUTION = time.get_clock_info("monotonic").resolution
 
 #: Votes that are answers from the node (not errors, timeouts or pending).
 _ANSWERS = (Vote.YES, Vote.NO, Vote.QUARANTINED)
@@ -64,10 +70,29 @@ class Ask:
 
 class Fleet:
     """An AsyncRedlock's nodes, and what every round on them shares: each
-    node's post method (or None), its constant outcomes, the task spawner, and
-    the rounds still in flight (so that closing can wait for them)."""
+    node's post method (or None), its constant outcomes, the task spawner, the
+    rounds still in flight (so that closing can wait for them), and one timer
+    for all their deadlines.
 
-    __slots__ = ("no", "nodes", "pending", "posts", "rounds", "spawn", "yes")
+    The deadlines are kept in a heap and the timer is armed for the earliest;
+    a round that settles early is left in the heap and skipped when its time
+    comes. That is cheaper than a timer per round, which would nearly always be
+    cancelled.
+    """
+
+    __slots__ = (
+        "_deadlines",
+        "_seq",
+        "_timer",
+        "_timer_at",
+        "no",
+        "nodes",
+        "pending",
+        "posts",
+        "rounds",
+        "spawn",
+        "yes",
+    )
 
     def __init__(self, nodes: Sequence[Node], spawn: Spawn) -> None:
         self.nodes = tuple(nodes)
@@ -79,10 +104,54 @@ class Fleet:
         self.yes = tuple(NodeOutcome(n.name, Vote.YES) for n in nodes)
         self.no = tuple(NodeOutcome(n.name, Vote.NO) for n in nodes)
         self.rounds: set[Round] = set()
+        self._deadlines: list[tuple[float, int, Round]] = []
+        self._seq = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
 
     def in_flight(self) -> list[asyncio.Future[Any]]:
         """Every request of every round not yet answered or timed out."""
         return [f for r in self.rounds for f in r.replies if not f.done()]
+
+    def expire_at(
+        self, loop: asyncio.AbstractEventLoop, when: float, rnd: Round
+    ) -> None:
+        """Have ``rnd`` expire at ``when`` (loop time) unless settled by then."""
+        heapq.heappush(self._deadlines, (when, next(self._seq), rnd))
+        if when < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = when
+            self._timer = loop.call_at(when, self._fire, loop)
+
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        self._timer_at = math.inf
+        deadlines = self._deadlines
+        now = loop.time() + _RESOLUTION  # as the loop judges a timer due
+        # Drop the settled rounds at the head, and expire the due ones; stop at
+        # the earliest round still in flight and not yet due.
+        while deadlines:
+            when, _, rnd = deadlines[0]
+            if rnd._left and when > now:
+                break
+            heapq.heappop(deadlines)
+            if rnd._left:
+                # One more turn of the loop: after a stall, the reply may
+                # already have been read, its callback scheduled behind this.
+                loop.call_soon(rnd._expire)
+        if deadlines:
+            when = deadlines[0][0]
+            self._timer_at = when
+            self._timer = loop.call_at(when, self._fire, loop)
+
+    def close(self) -> None:
+        """Stop the timer (every round has settled)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = math.inf
+        self._deadlines.clear()
 
 
 class Round:
@@ -113,6 +182,7 @@ class Round:
     :ivar outcomes: per node, its outcome so far (pending until it settles).
     :ivar decision: the outcome once decided (:attr:`decided` may have been
         cancelled by its waiter meanwhile).
+    :ivar yes: the yes votes so far (each counted once).
     """
 
     __slots__ = (
@@ -123,8 +193,9 @@ class Round:
         "_expired",
         "_fleet",
         "_left",
+        "_needed",
+        "_no",
         "_timeout",
-        "_timer",
         "_vet",
         "_wait_all",
         "_watchers",
@@ -132,7 +203,7 @@ class Round:
         "decision",
         "outcomes",
         "replies",
-        "tally",
+        "yes",
     )
 
     def __init__(
@@ -153,45 +224,44 @@ class Round:
         self._ask = ask
         self._vet = vet
         self._wait_all = wait_all
-        index = range(len(fleet.nodes)) if only is None else only
-        n = len(index)
         self._before = before
-        self._answered = 0
-        self._left = n
+        self._needed = needed
+        self.yes = self._no = self._answered = 0
         self._expired = False
         timeout = max(timeout, 0.0)
         self._timeout = timeout
-        self.tally = Tally(n, needed)
         self.decided: asyncio.Future[Decision] = loop.create_future()
         self.decision = Decision.PENDING
         self._watchers: list[asyncio.Future[Decision]] | None = None
         pending = fleet.pending
-        self.outcomes: list[NodeOutcome] = (
-            list(pending) if only is None else [pending[i] for i in index]
-        )
-        self.replies: list[asyncio.Future[Any]] = []
+        if only is None:
+            index: Sequence[int] = range(len(pending))
+            self.outcomes: list[NodeOutcome] = list(pending)
+        else:
+            index = only
+            self.outcomes = [pending[i] for i in index]
+        self._left = len(index)
+        replies: list[asyncio.Future[Any]] = []
+        self.replies = replies
         posts = fleet.posts
         payload = ask.payload
         script = ask.script
+        on_done = self._on_done
         for j, i in enumerate(index):
             prev = None if after is None else after[j]
             post = posts[i]
             fut = None
             if post is not None:
-                fut = post(payload, prev, script, partial(self._on_done, j, i, True))
+                fut = post(payload, prev, script, partial(on_done, j, i, True))
             if fut is None:
                 fut = fleet.spawn(_ask(fleet.nodes[i], ask.call, prev))
-                fut.add_done_callback(partial(self._on_done, j, i, False))
-            self.replies.append(fut)
-        self._timer = loop.call_later(timeout, self._expire)
-        fleet.rounds.add(self)
+                fut.add_done_callback(partial(on_done, j, i, False))
+            replies.append(fut)
+        if self._left:
+            fleet.rounds.add(self)
+            fleet.expire_at(loop, loop.time() + timeout, self)
 
     def _expire(self) -> None:
-        # One more turn of the loop: after a stall, the reply may already have
-        # been read, its callback scheduled just behind this timer.
-        asyncio.get_running_loop().call_soon(self._expire_now)
-
-    def _expire_now(self) -> None:
         self._expired = True
         for fut in self.replies:
             if not fut.done():
@@ -199,47 +269,53 @@ class Round:
 
     def _on_done(self, j: int, i: int, raw: bool, fut: asyncio.Future[Any]) -> None:
         """Node ``i`` (``j``-th of this round) settled: count its vote."""
-        node = self._fleet.nodes[i]
-        outcome: NodeOutcome
+        fleet = self._fleet
         try:
             result = fut.result()
         except asyncio.CancelledError:
-            if self._expired:
-                err = NodeError(
-                    node.name, f"no reply within {self._timeout * 1000:.0f} ms"
-                )
-                err.__cause__ = TimeoutError()
-                outcome = NodeOutcome(node.name, Vote.TIMEOUT, err)
-            else:
-                err = NodeError(node.name, "request cancelled (client closing)")
-                outcome = NodeOutcome(node.name, Vote.ERROR, err)
+            outcome = self._cancelled(i)
         except Exception as exc:  # noqa: BLE001 (any failure is a vote against)
-            err = NodeError(node.name, f"{type(exc).__name__}: {exc}")
+            name = fleet.nodes[i].name
+            err = NodeError(name, f"{type(exc).__name__}: {exc}")
             err.__cause__ = exc
-            outcome = NodeOutcome(node.name, Vote.ERROR, err)
+            outcome = NodeOutcome(name, Vote.ERROR, err)
         else:
             if raw:
                 result = result == self._ask.want
-            outcome = self._vote(i, node, result)
+            outcome = self._yes(i) if result else fleet.no[i]
         self.outcomes[j] = outcome
         self._left -= 1
-        if self._left == 0:
-            self._timer.cancel()
-            self._fleet.rounds.discard(self)
+        if not self._left:
+            fleet.rounds.discard(self)
         vote = outcome.vote
-        tally = self.tally
-        decision = tally.add(vote is Vote.YES)
-        if vote in _ANSWERS:
+        if vote is Vote.YES:
+            self.yes += 1
             self._answered += 1
+        else:
+            self._no += 1
+            if vote in _ANSWERS:
+                self._answered += 1
         if self.decision is not Decision.PENDING:
             return
+        needed = self._needed
         if self._wait_all:
-            if tally.yes + tally.no == len(self.replies) or (
-                self._answered >= tally.needed and self._rest_excused()
-            ):
-                self._decide(decision)
-        elif decision is not Decision.PENDING:
-            self._decide(decision)
+            if not self._left or (self._answered >= needed and self._rest_excused()):
+                self._decide(
+                    Decision.REACHED if self.yes >= needed else Decision.FAILED
+                )
+        elif self.yes >= needed:
+            self._decide(Decision.REACHED)
+        elif len(self.replies) - self._no < needed:
+            self._decide(Decision.FAILED)
+
+    def _cancelled(self, i: int) -> NodeOutcome:
+        name = self._fleet.nodes[i].name
+        if self._expired:
+            err = NodeError(name, f"no reply within {self._timeout * 1000:.0f} ms")
+            err.__cause__ = TimeoutError()
+            return NodeOutcome(name, Vote.TIMEOUT, err)
+        err = NodeError(name, "request cancelled (client closing)")
+        return NodeOutcome(name, Vote.ERROR, err)
 
     def _rest_excused(self) -> bool:
         """Every node still pending failed, timed out or has not answered the
@@ -273,13 +349,14 @@ class Round:
             self._watchers.append(fut)
         return fut
 
-    def _vote(self, i: int, node: Node, yes: bool) -> NodeOutcome:
-        if not yes:
-            return self._fleet.no[i]
-        why = None if self._vet is None else self._vet(node)
+    def _yes(self, i: int) -> NodeOutcome:
+        """A yes from node ``i``, unless the vetting says it must not count."""
+        vet = self._vet
+        why = None if vet is None else vet(self._fleet.nodes[i])
         if why is None:
             return self._fleet.yes[i]
-        return NodeOutcome(node.name, Vote.QUARANTINED, NodeError(node.name, why))
+        name = self._fleet.nodes[i].name
+        return NodeOutcome(name, Vote.QUARANTINED, NodeError(name, why))
 
 
 async def _ask(node: Node, call: Call, prev: asyncio.Future[Any] | None) -> bool:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -219,6 +220,41 @@ class Reply(asyncio.Future[Any]):
             logger.exception("handling a reply from %s", self.conn.name)
 
 
+class _Flusher:
+    """Per event loop: the connections written to in this turn of the loop.
+    A connection's first write of a turn goes out at once; its later writes of
+    the same turn are held and sent together at the end of the turn, by one
+    callback for all connections."""
+
+    __slots__ = ("_conns", "_loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._conns: list[_Conn] = []
+
+    def add(self, conn: _Conn) -> None:
+        if not self._conns:
+            self._loop.call_soon(self._flush)
+        self._conns.append(conn)
+
+    def _flush(self) -> None:
+        conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.uncork()
+
+
+_FLUSHERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flusher] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _flusher(loop: asyncio.AbstractEventLoop) -> _Flusher:
+    flusher = _FLUSHERS.get(loop)
+    if flusher is None:
+        flusher = _FLUSHERS[loop] = _Flusher(loop)
+    return flusher
+
+
 def _ignore(reply: object) -> None:
     """A ``SCRIPT LOAD`` reply: an error shows on the request written after it."""
 
@@ -233,6 +269,7 @@ class _Conn(asyncio.Protocol):
 
     __slots__ = (
         "_corked",
+        "_flusher",
         "_loop",
         "_node",
         "_reader",
@@ -253,6 +290,7 @@ class _Conn(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         # Writes made later in the same loop turn as the first, sent together.
         self._corked: list[bytes] | None = None
+        self._flusher = _flusher(loop)
         #: Why the connection is unusable (exception class, message), once it is.
         self.failure: tuple[type[Exception], str] | None = None
         #: How many times data arrived: tells a stuck node from a busy one.
@@ -301,11 +339,12 @@ class _Conn(asyncio.Protocol):
         if corked is None:
             self._transport.write(data)  # type: ignore[union-attr]
             self._corked = []
-            self._loop.call_soon(self._uncork)
+            self._flusher.add(self)
         else:
             corked.append(data)
 
-    def _uncork(self) -> None:
+    def uncork(self) -> None:
+        """Send the writes held since the first of this turn."""
         corked, self._corked = self._corked, None
         if corked and self._transport is not None and self.failure is None:
             self._transport.write(b"".join(corked))

@@ -651,3 +651,104 @@ async def test_extend_many_in_one_request(cluster: LocalCluster, kind: str) -> N
     finally:
         cluster[0].command("DEL", "k0", "k1", "k2")
         await node.aclose()
+
+
+# -- the posted fast path --------------------------------------------------------
+
+
+async def test_post_needs_a_live_connection_and_keeps_order(
+    cluster: LocalCluster, node: MuxNode
+) -> None:
+    """post() writes at once, with no task; it declines (None) while not
+    connected, and after a request still in flight elsewhere."""
+    from redlock_aio._scripts import RELEASE_QUIET
+    from redlock_aio._wire import release_payload, set_nx_payload
+
+    set_nx = set_nx_payload(b"k", b"tok", 5000)
+    assert node.post(set_nx) is None  # not connected yet
+    assert await node.execute("PING") == b"PONG"
+    pending_task = asyncio.ensure_future(asyncio.sleep(0.05))
+    assert node.post(set_nx, after=pending_task) is None
+    await pending_task
+    # A release posted behind a SET still in flight on the same connection is
+    # answered after it: the key is set, then deleted.
+    first = node.post(set_nx)
+    assert first is not None
+    assert not first.done()
+    second = node.post(
+        release_payload(b"k", b"tok", False), after=first, script=RELEASE_QUIET
+    )
+    assert second is not None
+    assert await first == b"OK"
+    assert await second == 1
+    assert cluster[0].command("EXISTS", "k") == 0
+
+
+async def test_post_calls_the_hook_in_the_turn_the_reply_arrives(
+    node: MuxNode,
+) -> None:
+    from redlock_aio._wire import set_nx_payload
+
+    assert await node.execute("PING") == b"PONG"
+    seen: list[tuple[object, bool]] = []
+    fut = node.post(
+        set_nx_payload(b"k", b"tok", 5000),
+        hook=lambda f: seen.append((f.result(), f.done())),
+    )
+    assert fut is not None
+    assert await fut == b"OK"
+    assert seen == [(b"OK", True)]
+    assert await node.release(b"k", b"tok")
+
+
+async def test_a_burst_of_posted_requests_in_one_turn_is_answered_in_order(
+    cluster: LocalCluster, node: MuxNode
+) -> None:
+    """Writes after the first of a loop turn are held and sent together: the
+    replies still come back to the right requests, in order."""
+    from redlock_aio._wire import set_nx_payload
+
+    assert await node.execute("PING") == b"PONG"
+    futures = []
+    for i in range(2000):
+        # Every other key twice: the second SET NX of a key must be refused.
+        key = b"b%d" % (i // 2)
+        fut = node.post(set_nx_payload(key, b"t%d" % i, 10_000))
+        assert fut is not None
+        futures.append(fut)
+    replies = await asyncio.gather(*futures)
+    assert replies == [b"OK", None] * 1000
+    assert cluster[0].command("GET", "b7") == b"t14"
+    assert await node.execute("DEL", *[b"b%d" % i for i in range(1000)]) == 1000
+    assert node.connects == 1
+
+
+async def test_noscript_for_many_posted_requests_in_flight_recovers(
+    cluster: LocalCluster, node: MuxNode
+) -> None:
+    """After SCRIPT FLUSH, every script request already written gets NOSCRIPT;
+    each is written again after a SCRIPT LOAD and answers as if nothing
+    happened, without losing its place for the requests behind it."""
+    from redlock_aio import _scripts
+    from redlock_aio._wire import extend_payload, release_payload
+
+    keys = [b"n%d" % i for i in range(50)]
+    for key in keys:
+        assert await node.set_nx(key, b"tok", 5000)
+    cluster[0].command("SCRIPT", "FLUSH")
+    extends = [
+        node.post(extend_payload(key, b"tok", 9000), script=_scripts.EXTEND)
+        for key in keys
+    ]
+    releases = [
+        node.post(
+            release_payload(key, b"tok", False),
+            after=ext,
+            script=_scripts.RELEASE_QUIET,
+        )
+        for key, ext in zip(keys, extends, strict=True)
+    ]
+    assert [await f for f in extends if f is not None] == [1] * 50
+    assert [await f for f in releases if f is not None] == [1] * 50
+    assert cluster[0].command("DBSIZE") == 0
+    assert node.connects == 1
