@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ._errors import ConfigurationError, ConfigurationTypeError
 from ._quorum import DRIFT_FLOOR, clock_drift
@@ -17,6 +18,19 @@ DEFAULT_DRIFT_FACTOR = 0.01
 #: capped: a lock held for days should not wait minutes on a dead node.
 NODE_TIMEOUT_FACTOR = 0.05
 NODE_TIMEOUT_CAP = 1.0
+
+
+class Terms(NamedTuple):
+    """The figures of a lock of one TTL, worked out once and reused."""
+
+    #: seconds
+    ttl: float
+    #: the TTL in whole milliseconds, for PX / PEXPIRE
+    px: int
+    #: seconds each node gets per request
+    node_timeout: float
+    #: seconds of validity given up for clock drift
+    drift: float
 
 
 @dataclass(frozen=True)
@@ -71,6 +85,15 @@ class Settings:
                 f"retry_jitter must be in [0, 1] (a share of each delay), "
                 f"got {self.retry_jitter}"
             )
+
+    def terms(self, ttl: float) -> Terms:
+        """What a lock of this (checked) TTL is made of."""
+        return Terms(
+            ttl,
+            ttl_ms(ttl),
+            self.node_timeout_for(ttl),
+            clock_drift(ttl, self.drift_factor),
+        )
 
     def node_timeout_for(self, ttl: float) -> float:
         """The per-node timeout for a lock of this TTL: the configured one, or a

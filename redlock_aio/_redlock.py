@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, final
 from redis.asyncio import Redis
 
 from . import _config
-from ._config import Settings, show
+from ._config import Settings, Terms, show
 from ._errors import (
     ConfigurationError,
     ConfigurationTypeError,
@@ -38,7 +38,7 @@ from ._errors import (
 )
 from ._node import Node, RedisNode, describe_url
 from ._notify import Notifier, Wakeup
-from ._quorum import Decision, NodeOutcome, Vote, quorum, validity_deadline
+from ._quorum import Decision, NodeOutcome, Vote, quorum
 from ._round import Ask, Fleet, Round, wait_decided, wait_tasks_shielded
 from ._scripts import EXTEND, RELEASE, RELEASE_QUIET, channel
 from ._wire import MuxNode, extend_payload, release_payload, set_nx_payload
@@ -58,6 +58,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger("redlock_aio")
 
 NodeSpec = str | Redis | Node
+
+#: How many distinct TTLs get their terms remembered.
+_TERMS_CACHED = 64
+
+_REACHED = Decision.REACHED  # enum members are slow to look up on 3.11
+_UNDECIDED = Decision.PENDING
 
 #: Answers that mean the node holds our key now.
 _SET = (Vote.YES, Vote.QUARANTINED)
@@ -90,6 +96,7 @@ class Lock:
         "_redlock",
         "_released",
         "_tails",
+        "_terms",
         "key",
         "resource",
         "token",
@@ -103,7 +110,7 @@ class Lock:
         resource: str | bytes,
         key: bytes,
         token: bytes,
-        ttl: float,
+        terms: Terms,
         valid_until: float,
         tails: list[asyncio.Future[Any]],
     ) -> None:
@@ -111,7 +118,8 @@ class Lock:
         self.resource = resource
         self.key = key
         self.token = token
-        self.ttl = ttl
+        self.ttl = terms.ttl
+        self._terms = terms
         self.valid_until = valid_until
         self._tails = tails
         self._released = False
@@ -285,12 +293,16 @@ class AsyncRedlock:
             restart_quarantine=restart_quarantine,
         )
         self._max_ttl = self.settings.ttl
+        self._default_terms = self.settings.terms(self.settings.ttl)
+        self._terms_cache: dict[object, Terms] = {}
         self.clock: Callable[[], float] = clock or time.monotonic
         self._nodes: tuple[Node, ...] = _make_nodes(_config.check_node_list(nodes))
         self.quorum = quorum(len(self._nodes))
         self._notifiers = [n for n in self._nodes if isinstance(n, Notifier)]
         self._tasks: set[asyncio.Task[Any]] = set()
         self._fleet = Fleet(self._nodes, self._spawn)
+        # Vets each yes against the restart quarantine, unless it is off.
+        self._vet = None if restart_quarantine == 0 else self._quarantined
         # Locks not yet released, so that aclose() can release them even when
         # the caller dropped the handle. Expired ones are pruned as it grows.
         self._held: set[Lock] = set()
@@ -341,12 +353,11 @@ class AsyncRedlock:
         Cancelled at any point, it leaves no key of its own on any node: the
         cleanup is shielded and bounded by the per-node timeout.
         """
-        key, ttl_s = self._check(resource, ttl)
-        limit = _config.check_timeout(timeout)
+        key, terms = self._check(resource, ttl)
+        limit = None if timeout is None else _config.check_timeout(timeout)
         s = self.settings
         deadline = None if limit is None else self.clock() + limit
-        node_timeout = s.node_timeout_for(ttl_s)
-        px = _config.ttl_ms(ttl_s)
+        ttl_s, px, node_timeout, drift = terms
         spawned: list[asyncio.Future[Any]] = []
         attempt = 0
         rnd: Round | None = None
@@ -361,15 +372,15 @@ class AsyncRedlock:
                     _set_nx(key, token, px),
                     timeout=node_timeout,
                     needed=self.quorum,
-                    vet=self._quarantined,
+                    vet=self._vet,
                 )
                 spawned += rnd.replies
                 decision = await rnd.decided
-                if decision is Decision.REACHED:
-                    valid_until = validity_deadline(start, ttl_s, s.drift_factor)
+                if decision is _REACHED:
+                    valid_until = start + ttl_s - drift  # see validity_deadline
                     if self.clock() < valid_until:
                         lock = Lock(
-                            self, resource, key, token, ttl_s, valid_until, rnd.replies
+                            self, resource, key, token, terms, valid_until, rnd.replies
                         )
                         lock._outcomes = rnd.outcomes
                         self._hold(lock)
@@ -542,11 +553,8 @@ class AsyncRedlock:
     async def _extend(self, lock: Lock, ttl: float | None) -> float:
         if lock._released:
             raise LockLost(f"cannot extend {show(lock.resource)}: it was released")
-        if ttl is None:
-            ttl_s = lock.ttl
-        else:
-            ttl_s = _config.check_ttl(ttl, self.settings.drift_factor)
-            self._max_ttl = max(self._max_ttl, ttl_s)
+        terms = lock._terms if ttl is None else self._terms(ttl)
+        ttl_s, px, node_timeout, drift = terms
         start = self.clock()
         old_deadline = lock.valid_until
         if lock.lost or start >= old_deadline:
@@ -554,10 +562,9 @@ class AsyncRedlock:
                 f"cannot extend {show(lock.resource)}: {lock._lost_reason}; "
                 "a lost lock is never revived"
             )
-        px = _config.ttl_ms(ttl_s)
         # No answer after the current deadline can count: by then another client
         # may legitimately hold the lock.
-        timeout = min(self.settings.node_timeout_for(ttl_s), old_deadline - start)
+        timeout = min(node_timeout, old_deadline - start)
         key, token = lock.key, lock.token
         ask = Ask(
             lambda node: node.extend(key, token, px),
@@ -571,17 +578,18 @@ class AsyncRedlock:
             timeout=timeout,
             needed=self.quorum,
             after=lock._tails,
-            vet=self._quarantined,
+            vet=self._vet,
         )
         lock._tails = rnd.replies
         lock._outcomes = rnd.outcomes
         decision = await rnd.decided
         now = self.clock()
-        if decision is Decision.REACHED and now < old_deadline:
-            new_deadline = validity_deadline(start, ttl_s, self.settings.drift_factor)
+        if decision is _REACHED and now < old_deadline:
+            new_deadline = start + ttl_s - drift  # see validity_deadline
             if now < new_deadline:
                 lock.valid_until = new_deadline
                 lock.ttl = ttl_s
+                lock._terms = terms
                 return lock.valid_until - now
         gone = sum(o.vote is Vote.NO for o in rnd.outcomes)
         if now >= old_deadline or gone >= self.quorum:
@@ -611,7 +619,7 @@ class AsyncRedlock:
             None,
             lock.key,
             lock.token,
-            self.settings.node_timeout_for(lock.ttl),
+            lock._terms.node_timeout,
             lock._tails,
             notify=True,
             # Wait for the nodes that answered this lock's last request (by the
@@ -626,8 +634,8 @@ class AsyncRedlock:
             await wait_decided(rnd)
         finally:
             lock._outcomes = rnd.outcomes
-            confirmed = sum(o.vote in (Vote.YES, Vote.NO) for o in rnd.outcomes)
-            if rnd.decision is not Decision.PENDING and confirmed >= self.quorum:
+            confirmed = rnd.answered  # yes or no: a release vets nothing
+            if rnd.decision is not _UNDECIDED and confirmed >= self.quorum:
                 lock._released = True
                 self._held.discard(lock)
         if not lock._released:
@@ -676,15 +684,24 @@ class AsyncRedlock:
 
     # -- lifecycle --------------------------------------------------------------------
 
-    def _check(self, resource: str | bytes, ttl: float | None) -> tuple[bytes, float]:
+    def _check(self, resource: str | bytes, ttl: float | None) -> tuple[bytes, Terms]:
         if self._closed:
             raise RedlockClosed("this AsyncRedlock was closed")
         key = _config.key_for(self.settings.key_prefix, resource)
-        if ttl is None:
-            return key, self.settings.ttl
-        ttl_s = _config.check_ttl(ttl, self.settings.drift_factor)
-        self._max_ttl = max(self._max_ttl, ttl_s)
-        return key, ttl_s
+        return key, self._default_terms if ttl is None else self._terms(ttl)
+
+    def _terms(self, ttl: object) -> Terms:
+        """The terms of a lock of ``ttl`` seconds (checked, then remembered)."""
+        cache = self._terms_cache
+        # bool is an int: its type keeps True from passing as a cached 1.
+        terms = cache.get(ttl) if type(ttl) in (float, int) else None
+        if terms is None:
+            ttl_s = _config.check_ttl(ttl, self.settings.drift_factor)
+            self._max_ttl = max(self._max_ttl, ttl_s)
+            terms = self.settings.terms(ttl_s)
+            if len(cache) < _TERMS_CACHED:
+                cache[ttl] = terms
+        return terms
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)

@@ -327,7 +327,13 @@ class _Conn(asyncio.Protocol):
         fut.payload = payload
         fut.script = script
         fut.hook = hook
-        self._write(payload)
+        corked = self._corked  # self._write(payload), inlined: the hot path
+        if corked is None:
+            self._transport.write(payload)  # type: ignore[union-attr]
+            self._corked = []
+            self._flusher.add(self)
+        else:
+            corked.append(payload)
         self._waiters.append(fut)
         return fut
 
@@ -382,8 +388,12 @@ class _Conn(asyncio.Protocol):
                         continue
                     else:
                         fut.set_exception(reply)
-                    if fut.hook is not None:
-                        fut.settled()
+                    hook = fut.hook
+                    if hook is not None:
+                        try:
+                            hook(fut)
+                        except Exception:  # a bug: must not break the connection
+                            logger.exception("handling a reply from %s", self.name)
                 reply = reader.gets()
         except (hiredis.HiredisError, IndexError) as exc:
             what = "an unexpected reply" if isinstance(exc, IndexError) else exc
