@@ -40,6 +40,8 @@ from ._config import ttl_ms
 from ._errors import NodeError
 from ._quorum import NodeOutcome, Vote, clock_drift
 from ._round import wait_tasks_shielded
+from ._scripts import EXTEND_MANY
+from ._wire import extend_many_payload
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Sequence
@@ -407,12 +409,22 @@ class Extender:
                 outcomes = e.outcomes = list(pending)
             lock._outcomes = outcomes
             items.append((lock.key, lock.token, e.terms.px))
+        payload = None  # encoded once for every node that can post it
+        posts = rl._fleet.posts
         for i, node in enumerate(rl.nodes):
             prev = {t for e in entries if not (t := e.lock._tails[i]).done()}
-            task = rl._spawn(_ask(node, items, prev, chunk.answers, i))
-            chunk.tasks.append(task)
+            post = posts[i]
+            fut = None
+            if post is not None and not prev:
+                if payload is None:
+                    payload = extend_many_payload(items)
+                hook = partial(self._on_reply, chunk, i, node)
+                fut = post(payload, None, EXTEND_MANY, hook)
+            if fut is None:
+                fut = rl._spawn(_ask(node, items, prev, chunk.answers, i))
+                fut.add_done_callback(partial(self._on_answer, chunk, i, node))
+            chunk.tasks.append(fut)
             chunk.timers.append(loop.call_later(timeout, chunk.expire, i))
-            task.add_done_callback(partial(self._on_answer, chunk, i, node))
         self.requests += self._n
         self.extensions += len(entries)
         tails = chunk.tasks
@@ -421,8 +433,18 @@ class Extender:
 
     # -- answers -------------------------------------------------------------------
 
+    def _on_reply(
+        self, chunk: _Chunk, i: int, node: Node, fut: asyncio.Future[Any]
+    ) -> None:
+        """A posted request's raw reply: one integer per key."""
+        if not fut.cancelled() and fut.exception() is None:
+            reply = fut.result()
+            if isinstance(reply, list):
+                chunk.answers[i] = [r == 1 for r in reply]
+        self._on_answer(chunk, i, node, fut)
+
     def _on_answer(
-        self, chunk: _Chunk, i: int, node: Node, task: asyncio.Task[bool]
+        self, chunk: _Chunk, i: int, node: Node, task: asyncio.Future[Any]
     ) -> None:
         chunk.timers[i].cancel()
         try:
@@ -435,7 +457,7 @@ class Extender:
                     e.lock._mark_lost(f"auto-extension failed: {exc!r}")
 
     def _tally(
-        self, chunk: _Chunk, i: int, node: Node, task: asyncio.Task[bool]
+        self, chunk: _Chunk, i: int, node: Node, task: asyncio.Future[Any]
     ) -> None:
         """Count node ``i``'s answer for every lock of the chunk; decide those
         whose outcome it settles."""

@@ -183,6 +183,16 @@ def extend_payload(key: bytes, token: bytes, ttl_ms: int) -> bytes:
     )
 
 
+def extend_many_payload(items: Sequence[tuple[bytes, bytes, int]]) -> bytes:
+    """``EVALSHA`` of the extend-many script for ``(key, token, ttl_ms)`` items,
+    encoded."""
+    args: list[Arg] = ["EVALSHA", _scripts.EXTEND_MANY_SHA, len(items)]
+    args += [key for key, _, _ in items]
+    for _, token, ttl_ms in items:
+        args += (token, ttl_ms)
+    return encode_command(tuple(args))
+
+
 class Reply(asyncio.Future[Any]):
     """The future of one request written on a :class:`_Conn`.
 
@@ -636,11 +646,8 @@ class MuxNode:
     async def extend_many(
         self, items: Sequence[tuple[bytes, bytes, int]]
     ) -> list[bool]:
-        args: list[Arg] = ["EVALSHA", _scripts.EXTEND_MANY_SHA, len(items)]
-        args += [key for key, _, _ in items]
-        for _, token, ttl_ms in items:
-            args += (token, ttl_ms)
-        reply = await self._call(encode_command(tuple(args)), _scripts.EXTEND_MANY)
+        payload = extend_many_payload(items)
+        reply = await self._call(payload, _scripts.EXTEND_MANY)
         assert isinstance(reply, list)
         return [r == 1 for r in reply]
 
