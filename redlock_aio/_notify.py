@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
 import hiredis
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Coroutine, Sequence
+    from collections.abc import Awaitable, Callable, Coroutine, Hashable, Sequence
 
 logger = logging.getLogger("redlock_aio")
 
@@ -134,6 +134,10 @@ class Channels:
         if conn is not None and conn.transport is not None:
             conn.transport.write(_command(b"UNSUBSCRIBE", channel))
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     async def aclose(self) -> None:
         self._closed = True
         opening = self._opening
@@ -211,6 +215,48 @@ class Channels:
             for callback in list(callbacks):
                 callback(b"")
             self._drop(channel, ConnectionError("connection lost"))
+
+
+class _Shared:
+    """One :class:`Channels` shared by every handle on the same server with the
+    same credentials in one event loop, and how many handles use it."""
+
+    __slots__ = ("channels", "users")
+
+    def __init__(self, channels: Channels) -> None:
+        self.channels = channels
+        self.users = 0
+
+
+_shared: dict[tuple[asyncio.AbstractEventLoop, Hashable], _Shared] = {}
+
+
+def shared_channels(key: Hashable, make: Callable[[], Channels]) -> Channels:
+    """The pub/sub connection of the node ``key`` names (its identity and
+    credentials), opened by ``make`` for the first user in this event loop.
+
+    Every client of the process that waits on the same node then shares one
+    connection: a release is read once per node, not once per client. Each
+    user calls :func:`leave_channels` once, when it closes."""
+    where = (asyncio.get_running_loop(), key)
+    shared = _shared.get(where)
+    if shared is None or shared.channels.closed:
+        shared = _shared[where] = _Shared(make())
+    shared.users += 1
+    return shared.channels
+
+
+async def leave_channels(key: Hashable, channels: Channels) -> None:
+    """One user of ``channels`` is done; the last closes them."""
+    where = (asyncio.get_running_loop(), key)
+    shared = _shared.get(where)
+    if shared is None or shared.channels is not channels:
+        await channels.aclose()  # not (or no longer) the shared one
+        return
+    shared.users -= 1
+    if shared.users <= 0:
+        del _shared[where]
+        await channels.aclose()
 
 
 class _Line:

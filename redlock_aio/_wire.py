@@ -38,7 +38,7 @@ from redis.exceptions import (
 from . import _scripts
 from ._errors import ConfigurationError
 from ._node import ServerFacts, describe_url
-from ._notify import Channels
+from ._notify import Channels, leave_channels, shared_channels
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable, Sequence
@@ -662,7 +662,7 @@ class MuxNode:
         Idempotent."""
         self._closed = True
         if self._channels is not None:
-            await self._channels.aclose()
+            await leave_channels(self._channels_key(), self._channels)
         task = self._connecting
         if task is not None:
             task.cancel()
@@ -794,10 +794,20 @@ class MuxNode:
 
     # -- release notifications (pub/sub) --------------------------------------------
 
+    def _channels_key(self) -> tuple[Hashable, bytes]:
+        """Which shared pub/sub connection: the server, and the AUTH to send."""
+        hello = b"".join(p for label, p, _ in self._setup if label == "AUTH")
+        return (self.identity, hello)
+
     def _pubsub(self) -> Channels:
+        """This node's pub/sub connection, shared with every other handle on
+        the same server and credentials in this event loop."""
         if self._channels is None:
-            hello = b"".join(p for label, p, _ in self._setup if label == "AUTH")
-            self._channels = Channels(self.name, self._create_any, hello)
+            key = self._channels_key()
+            hello = key[1]
+            self._channels = shared_channels(
+                key, lambda: Channels(self.name, self._create_any, hello)
+            )
         return self._channels
 
     async def subscribe(

@@ -119,3 +119,62 @@ async def test_a_user_denied_the_channel_still_releases(cluster: LocalCluster) -
     finally:
         for server in cluster:
             server.command("ACL", "DELUSER", "locker")
+
+
+def pubsub_clients(cluster: LocalCluster) -> list[int]:
+    """Per node, the client connections in pub/sub mode."""
+    counts = []
+    for server in cluster:
+        listing = server.command("CLIENT", "LIST")
+        text = listing.decode() if isinstance(listing, bytes) else str(listing)
+        counts.append(
+            sum(
+                1
+                for line in text.splitlines()
+                if " sub=" in line and " sub=0 " not in line
+            )
+        )
+    return counts
+
+
+async def test_clients_of_one_process_share_a_pubsub_connection_per_node(
+    cluster: LocalCluster,
+) -> None:
+    """Two waiting clients of the same nodes read each release once per node,
+    over one shared connection; it stays while a client still uses it, and
+    closes with the last."""
+    slow = {"retry_delay": 5.0, "retry_delay_max": 5.0, "retry_jitter": 0}
+    holder = Redlock(cluster.urls, ttl=10.0)
+    first = Redlock(cluster.urls, ttl=10.0, **slow)
+    second = Redlock(cluster.urls, ttl=10.0, **slow)
+    try:
+        held = await holder.acquire("r")
+        waiting = [
+            asyncio.create_task(rl.acquire("r", timeout=30.0)) for rl in (first, second)
+        ]
+        await asyncio.sleep(0.3)  # both failed, subscribed, failed again
+        assert pubsub_clients(cluster) == [1, 1, 1]
+        assert [s.command("PUBSUB", "NUMSUB", "__redlock__:r")[1] for s in cluster] == [
+            1,
+            1,
+            1,
+        ]
+        # One waiter leaves and its client closes: the other still hears.
+        waiting[0].cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting[0]
+        await first.aclose()
+        released_at = time.monotonic()
+        await held.release()
+        lock = await waiting[1]
+        assert time.monotonic() - released_at < 4.0  # woken, not polled (5 s)
+        await lock.release()
+    finally:
+        for rl in (holder, first, second):
+            await rl.aclose()
+    assert await no_channels_left(cluster)
+    for _ in range(100):  # the server notices a closed connection soon after
+        if pubsub_clients(cluster) == [0, 0, 0]:
+            break
+        await asyncio.sleep(0.02)
+    assert pubsub_clients(cluster) == [0, 0, 0]
