@@ -28,12 +28,12 @@ class Plan:
 
     quick: bool
     lat_ns: tuple[int, ...] = (1, 3, 5, 7)
-    lat_rounds: int = 4
+    lat_rounds: int = 20
     lat_warmup: int = 25
-    lat_iters: int = 150
+    lat_iters: int = 30
     tp_tasks: int = 64
-    tp_rounds: int = 3
-    tp_seconds: float = 1.2
+    tp_rounds: int = 7
+    tp_seconds: float = 0.5
     ho_workers: int = 16
     ho_rounds: int = 2
     ho_handoffs: int = 25
@@ -51,11 +51,11 @@ class Plan:
         if quick:
             plan = dataclasses.replace(
                 plan,
-                lat_rounds=2,
+                lat_rounds=4,
                 lat_warmup=10,
-                lat_iters=40,
-                tp_rounds=2,
-                tp_seconds=0.3,
+                lat_iters=20,
+                tp_rounds=3,
+                tp_seconds=0.25,
                 ho_rounds=1,
                 ho_handoffs=8,
                 ho_cpu_window=0.5,

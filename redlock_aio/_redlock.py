@@ -180,11 +180,11 @@ class Lock:
         """Delete the lock's key on every node where it still holds this token.
 
         Shielded from cancellation and bounded by the per-node timeout. It
-        returns once every node that answered the lock's latest request has
-        confirmed (a quorum at least); a node that was slow or failing gets its
-        release in the background, after that request, so a late key is still
-        deleted and a slow node does not slow down every release. Releasing
-        twice is a no-op.
+        returns once every node that answered the lock's latest request (by the
+        time the others are done) has confirmed, a quorum at least; a node that
+        was slow or failing gets its release in the background, after that
+        request, so a late key is still deleted and a slow node does not slow
+        down every release. Releasing twice is a no-op.
 
         :raises ReleaseError: fewer than a quorum confirmed; the lock stays
             releasable, and its keys expire by their TTL.

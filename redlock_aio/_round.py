@@ -33,6 +33,7 @@ import anyio
 from ._errors import NodeError
 from ._node import Node, Poster
 from ._quorum import Decision, NodeOutcome, Vote
+from ._turn import turn_end
 
 Call: TypeAlias = Callable[[Node], Awaitable[bool]]
 #: Says why a node's yes must not count (None: it counts).
@@ -46,6 +47,9 @@ Post: TypeAlias = Callable[
 
 
 _RESOLUTION = time.get_clock_info("monotonic").resolution
+
+#: More timeouts a request gets while its node is still answering others.
+BACKLOG_GRACE = 4
 
 # Enum members as module constants: on Python 3.11 ``Vote.YES`` is an
 # attribute lookup that costs about 150 ns, and the hot path makes dozens.
@@ -90,6 +94,7 @@ class Fleet:
     __slots__ = (
         "_deadlines",
         "_seq",
+        "_starting",
         "_timer",
         "_timer_at",
         "no",
@@ -112,6 +117,8 @@ class Fleet:
         self.no = tuple(NodeOutcome(n.name, Vote.NO) for n in nodes)
         self.rounds: set[Round] = set()
         self._deadlines: list[tuple[float, int, Round]] = []
+        # Rounds started in this turn of the loop, timed from its end.
+        self._starting: list[tuple[float, Round]] = []
         self._seq = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
@@ -120,15 +127,29 @@ class Fleet:
         """Every request of every round not yet answered or timed out."""
         return [f for r in self.rounds for f in r.replies if not f.done()]
 
-    def expire_at(
-        self, loop: asyncio.AbstractEventLoop, when: float, rnd: Round
+    def expire_after(
+        self, loop: asyncio.AbstractEventLoop, timeout: float, rnd: Round
     ) -> None:
-        """Have ``rnd`` expire at ``when`` (loop time) unless settled by then."""
-        heapq.heappush(self._deadlines, (when, next(self._seq), rnd))
-        if when < self._timer_at:
+        """Have ``rnd`` expire ``timeout`` seconds after its requests went out
+        (the end of this turn of the loop, when the writes held back during
+        the turn are sent), unless it has settled by then."""
+        starting = self._starting
+        if not starting:
+            turn_end(loop).add(partial(self._stamp, loop))
+        starting.append((timeout, rnd))
+
+    def _stamp(self, loop: asyncio.AbstractEventLoop) -> None:
+        starting, self._starting = self._starting, []
+        now = loop.time()
+        deadlines = self._deadlines
+        seq = self._seq
+        for timeout, rnd in starting:
+            if rnd._left:
+                heapq.heappush(deadlines, (now + timeout, next(seq), rnd))
+        if deadlines and deadlines[0][0] < self._timer_at:
             if self._timer is not None:
                 self._timer.cancel()
-            self._timer_at = when
+            when = self._timer_at = deadlines[0][0]
             self._timer = loop.call_at(when, self._fire, loop)
 
     def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -159,6 +180,7 @@ class Fleet:
             self._timer = None
         self._timer_at = math.inf
         self._deadlines.clear()
+        self._starting.clear()
 
 
 class Round:
@@ -200,6 +222,7 @@ class Round:
         "_before",
         "_expired",
         "_fleet",
+        "_graces",
         "_left",
         "_needed",
         "_no",
@@ -237,6 +260,7 @@ class Round:
         self._needed = needed
         self.yes = self._no = self.answered = 0
         self._expired = False
+        self._graces = 0
         timeout = max(timeout, 0.0)
         self._timeout = timeout
         self.decided: asyncio.Future[Decision] = loop.create_future()
@@ -268,13 +292,28 @@ class Round:
             replies.append(fut)
         if self._left:
             fleet.rounds.add(self)
-            fleet.expire_at(loop, loop.time() + timeout, self)
+            fleet.expire_after(loop, timeout, self)
 
     def _expire(self) -> None:
+        """The deadline passed: cancel the requests of nodes that are silent.
+        A node that is still answering, only behind a backlog (a burst of
+        thousands of requests from this client), gets up to
+        :data:`BACKLOG_GRACE` more timeouts instead, so that a client's own
+        burst is not mistaken for a failing node."""
         self._expired = True
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        timeout = self._timeout
+        busy = False
         for fut in self.replies:
             if not fut.done():
-                fut.cancel()
+                if self._graces < BACKLOG_GRACE and _answering(fut, now, timeout):
+                    busy = True
+                else:
+                    fut.cancel()
+        if busy:
+            self._graces += 1
+            self._fleet.expire_after(loop, timeout, self)
 
     def _on_done(self, j: int, i: int, raw: bool, fut: asyncio.Future[Any]) -> None:
         """Node ``i`` (``j``-th of this round) settled: count its vote."""
@@ -369,6 +408,13 @@ class Round:
             return self._fleet.yes[i]
         name = self._fleet.nodes[i].name
         return NodeOutcome(name, Vote.QUARANTINED, NodeError(name, why))
+
+
+def _answering(fut: asyncio.Future[Any], now: float, window: float) -> bool:
+    """Whether the node of a posted request has answered anything since the
+    request was written, and within the last ``window`` seconds."""
+    answering: Callable[[float, float], bool] | None = getattr(fut, "answering", None)
+    return answering is not None and answering(now, window)
 
 
 async def _ask(node: Node, call: Call, prev: asyncio.Future[Any] | None) -> bool:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -39,6 +38,7 @@ from . import _scripts
 from ._errors import ConfigurationError
 from ._node import ServerFacts, describe_url
 from ._notify import Channels, leave_channels, shared_channels
+from ._turn import turn_end
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable, Sequence
@@ -222,47 +222,23 @@ class Reply(asyncio.Future[Any]):
             self.settled()
         return True
 
+    def answering(self, now: float, window: float) -> bool:
+        """Whether the node has answered anything since this request was
+        written, and within the last ``window`` seconds (loop time): it is busy,
+        not stuck."""
+        conn = self.conn
+        return (
+            conn.failure is None
+            and conn.received != self.mark
+            and now - conn.read_at < window
+        )
+
     def settled(self) -> None:
         """Call the hook (the future is done)."""
         try:
             self.hook(self)  # type: ignore[misc]
         except Exception:  # a bug: must not break the connection
             logger.exception("handling a reply from %s", self.conn.name)
-
-
-class _Flusher:
-    """Per event loop: the connections written to in this turn of the loop.
-    A connection's first write of a turn goes out at once; its later writes of
-    the same turn are held and sent together at the end of the turn, by one
-    callback for all connections."""
-
-    __slots__ = ("_conns", "_loop")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._conns: list[_Conn] = []
-
-    def add(self, conn: _Conn) -> None:
-        if not self._conns:
-            self._loop.call_soon(self._flush)
-        self._conns.append(conn)
-
-    def _flush(self) -> None:
-        conns, self._conns = self._conns, []
-        for conn in conns:
-            conn.uncork()
-
-
-_FLUSHERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Flusher] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _flusher(loop: asyncio.AbstractEventLoop) -> _Flusher:
-    flusher = _FLUSHERS.get(loop)
-    if flusher is None:
-        flusher = _FLUSHERS[loop] = _Flusher(loop)
-    return flusher
 
 
 def _ignore(reply: object) -> None:
@@ -279,15 +255,16 @@ class _Conn(asyncio.Protocol):
 
     __slots__ = (
         "_corked",
-        "_flusher",
         "_loop",
         "_node",
         "_reader",
         "_setup",
         "_transport",
+        "_turn",
         "_waiters",
         "failure",
         "lost",
+        "read_at",
         "received",
     )
 
@@ -300,11 +277,13 @@ class _Conn(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         # Writes made later in the same loop turn as the first, sent together.
         self._corked: list[bytes] | None = None
-        self._flusher = _flusher(loop)
+        self._turn = turn_end(loop)
         #: Why the connection is unusable (exception class, message), once it is.
         self.failure: tuple[type[Exception], str] | None = None
         #: How many times data arrived: tells a stuck node from a busy one.
         self.received = 0
+        #: When data last arrived (loop time).
+        self.read_at = 0.0
         #: Resolves when the transport is closed for good (its socket released).
         self.lost: asyncio.Future[None] = loop.create_future()
 
@@ -341,7 +320,7 @@ class _Conn(asyncio.Protocol):
         if corked is None:
             self._transport.write(payload)  # type: ignore[union-attr]
             self._corked = []
-            self._flusher.add(self)
+            self._turn.add(self.uncork)
         else:
             corked.append(payload)
         self._waiters.append(fut)
@@ -355,7 +334,7 @@ class _Conn(asyncio.Protocol):
         if corked is None:
             self._transport.write(data)  # type: ignore[union-attr]
             self._corked = []
-            self._flusher.add(self)
+            self._turn.add(self.uncork)
         else:
             corked.append(data)
 
@@ -379,6 +358,7 @@ class _Conn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.received += 1
+        self.read_at = self._loop.time()
         reader = self._reader
         waiters = self._waiters
         try:

@@ -104,3 +104,41 @@ async def test_a_late_round_expires_on_time_behind_many_settled_ones() -> None:
     assert late.outcomes[2].vote is Vote.TIMEOUT
     fleet.close()
     assert fleet._timer is None
+
+
+class BusyReply(asyncio.Future[Any]):
+    """A posted request whose node is still answering others (a backlog)."""
+
+    def answering(self, now: float, window: float) -> bool:
+        return True
+
+
+class BusyNode(PostingNode):
+    def post(
+        self,
+        payload: bytes,
+        after: asyncio.Future[Any] | None = None,
+        script: str | None = None,
+        hook: Any = None,
+    ) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = BusyReply(loop=asyncio.get_running_loop())
+        if hook is not None:
+            fut.add_done_callback(hook)
+        return fut
+
+
+async def test_a_node_still_answering_gets_more_time_a_silent_one_does_not() -> None:
+    from redlock_aio._round import BACKLOG_GRACE
+
+    nodes = [PostingNode("a"), BusyNode("b"), PostingNode("c", hang=True)]
+    fleet = Fleet(nodes, spawn)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    rnd = Round(fleet, ASK, timeout=0.1, needed=3, wait_all=True)
+    assert await rnd.decided is Decision.FAILED
+    elapsed = loop.time() - start
+    # The silent node timed out at the first deadline; the busy one had
+    # BACKLOG_GRACE more timeouts before it did.
+    assert elapsed >= 0.1 * (1 + BACKLOG_GRACE)
+    assert [o.vote for o in rnd.outcomes] == [Vote.YES, Vote.TIMEOUT, Vote.TIMEOUT]
+    fleet.close()
