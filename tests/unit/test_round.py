@@ -16,6 +16,7 @@ class PostingNode:
     (``hang``)."""
 
     started_at = None
+    reply_type: type[asyncio.Future[Any]] = asyncio.Future
 
     def __init__(self, name: str, hang: bool = False) -> None:
         self.name = name
@@ -30,7 +31,7 @@ class PostingNode:
         hook: Any = None,
     ) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
+        fut: asyncio.Future[Any] = self.reply_type(loop=loop)
         if hook is not None:
             fut.add_done_callback(hook)
         if not self.hang:
@@ -114,17 +115,12 @@ class BusyReply(asyncio.Future[Any]):
 
 
 class BusyNode(PostingNode):
-    def post(
-        self,
-        payload: bytes,
-        after: asyncio.Future[Any] | None = None,
-        script: str | None = None,
-        hook: Any = None,
-    ) -> asyncio.Future[Any]:
-        fut: asyncio.Future[Any] = BusyReply(loop=asyncio.get_running_loop())
-        if hook is not None:
-            fut.add_done_callback(hook)
-        return fut
+    """Never answers this request, but is still answering others."""
+
+    reply_type = BusyReply
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name, hang=True)
 
 
 async def test_a_node_still_answering_gets_more_time_a_silent_one_does_not() -> None:
