@@ -33,7 +33,7 @@ import anyio
 from ._errors import NodeError
 from ._node import Node, Poster
 from ._quorum import Decision, NodeOutcome, Vote
-from ._turn import turn_end
+from ._turn import TurnEnd, turn_end
 
 Call: TypeAlias = Callable[[Node], Awaitable[bool]]
 #: Says why a node's yes must not count (None: it counts).
@@ -97,6 +97,7 @@ class Fleet:
         "_starting",
         "_timer",
         "_timer_at",
+        "_turn",
         "no",
         "nodes",
         "pending",
@@ -119,6 +120,7 @@ class Fleet:
         self._deadlines: list[tuple[float, int, Round]] = []
         # Rounds started in this turn of the loop, timed from its end.
         self._starting: list[tuple[float, Round]] = []
+        self._turn: TurnEnd | None = None
         self._seq = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
@@ -130,13 +132,24 @@ class Fleet:
     def expire_after(
         self, loop: asyncio.AbstractEventLoop, timeout: float, rnd: Round
     ) -> None:
-        """Have ``rnd`` expire ``timeout`` seconds after its requests went out
-        (the end of this turn of the loop, when the writes held back during
-        the turn are sent), unless it has settled by then."""
-        starting = self._starting
-        if not starting:
-            turn_end(loop).add(partial(self._stamp, loop))
-        starting.append((timeout, rnd))
+        """Have ``rnd`` expire ``timeout`` seconds after its requests went out,
+        unless it has settled by then. Mostly that is now; in a burst, whose
+        writes wait for the end of this turn of the loop, it is the end of the
+        turn, so that a long turn of the client's own (ten thousand releases at
+        once) is not charged to the nodes."""
+        turn = self._turn
+        if turn is None or turn.loop is not loop:
+            turn = self._turn = turn_end(loop)
+        if turn.pending:  # the end of the turn has work anyway: ride along
+            starting = self._starting
+            if not starting:
+                turn.add(partial(self._stamp, loop))
+            starting.append((timeout, rnd))
+        else:
+            heapq.heappush(
+                self._deadlines, (loop.time() + timeout, next(self._seq), rnd)
+            )
+            self._arm(loop)
 
     def _stamp(self, loop: asyncio.AbstractEventLoop) -> None:
         starting, self._starting = self._starting, []
@@ -146,6 +159,11 @@ class Fleet:
         for timeout, rnd in starting:
             if rnd._left:
                 heapq.heappush(deadlines, (now + timeout, next(seq), rnd))
+        self._arm(loop)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Set the timer for the earliest deadline, if it is not set for it."""
+        deadlines = self._deadlines
         if deadlines and deadlines[0][0] < self._timer_at:
             if self._timer is not None:
                 self._timer.cancel()

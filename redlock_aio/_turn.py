@@ -1,11 +1,12 @@
 """Work deferred to the end of the current turn of the event loop, with one loop
 callback for all of it.
 
-Two things wait for the end of a turn: a connection's writes after its first of
-the turn (sent together, one system call for a burst), and the deadlines of the
-requests made during the turn (counted from when they went out, so that a long
-turn of the client's own, such as ten thousand releases at once, is not charged
-to the nodes as a timeout).
+In a burst (many requests in one turn), two things wait for the end of the
+turn: a connection's writes after the one that revealed the burst (sent
+together, one system call for many requests), and the deadlines of the requests
+made meanwhile (counted from when they went out, so that a long turn of the
+client's own, such as ten thousand releases at once, is not charged to the nodes
+as a timeout). Requests made one at a time add nothing to the turn.
 """
 
 from __future__ import annotations
@@ -27,16 +28,21 @@ class TurnEnd:
     """The hooks to run at the end of this turn of one event loop, in the order
     they were added."""
 
-    __slots__ = ("_hooks", "_loop")
+    __slots__ = ("_hooks", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self.loop = loop
         self._hooks: list[Callable[[], None]] = []
+
+    @property
+    def pending(self) -> bool:
+        """Whether hooks wait for the end of this turn (a callback is set)."""
+        return bool(self._hooks)
 
     def add(self, hook: Callable[[], None]) -> None:
         """Run ``hook`` at the end of this turn (once per call)."""
         if not self._hooks:
-            self._loop.call_soon(self._run)
+            self.loop.call_soon(self._run)
         self._hooks.append(hook)
 
     def _run(self) -> None:

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import ssl
 from collections import deque
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -52,6 +54,13 @@ __all__ = [
 ]
 
 logger = logging.getLogger("redlock_aio")
+
+#: A write this soon (seconds) after the previous one on the same connection
+#: means a burst: the writes after it in the same turn of the loop are held and
+#: sent together at the end of the turn (one system call for many requests).
+#: Sequential requests are a round trip apart and go out at once, with no
+#: callback added to the turn.
+CORK_AFTER = 50e-6
 
 _P = TypeVar("_P", bound=asyncio.Protocol)
 
@@ -245,6 +254,17 @@ def _ignore(reply: object) -> None:
     """A ``SCRIPT LOAD`` reply: an error shows on the request written after it."""
 
 
+_LOAD_SCRIPTS: list[Setup] = [
+    ("SCRIPT LOAD", encode_command(("SCRIPT", "LOAD", script)), _ignore)
+    for script in (
+        _scripts.RELEASE,
+        _scripts.RELEASE_QUIET,
+        _scripts.EXTEND,
+        _scripts.EXTEND_MANY,
+    )
+]
+
+
 class _Conn(asyncio.Protocol):
     """One connection: writes requests as they come, resolves their futures in
     order as replies arrive.
@@ -255,6 +275,7 @@ class _Conn(asyncio.Protocol):
 
     __slots__ = (
         "_corked",
+        "_loading",
         "_loop",
         "_node",
         "_reader",
@@ -262,6 +283,7 @@ class _Conn(asyncio.Protocol):
         "_transport",
         "_turn",
         "_waiters",
+        "_wrote_at",
         "failure",
         "lost",
         "read_at",
@@ -275,9 +297,12 @@ class _Conn(asyncio.Protocol):
         self._waiters: deque[Reply | None] = deque()
         self._setup: deque[tuple[str, Callable[[object], None] | None]] = deque()
         self._transport: asyncio.Transport | None = None
+        # Scripts being loaded again after NOSCRIPT.
+        self._loading: set[str] = set()
         # Writes made later in the same loop turn as the first, sent together.
         self._corked: list[bytes] | None = None
         self._turn = turn_end(loop)
+        self._wrote_at = -math.inf
         #: Why the connection is unusable (exception class, message), once it is.
         self.failure: tuple[type[Exception], str] | None = None
         #: How many times data arrived: tells a stuck node from a busy one.
@@ -319,22 +344,24 @@ class _Conn(asyncio.Protocol):
         corked = self._corked  # self._write(payload), inlined: the hot path
         if corked is None:
             self._transport.write(payload)  # type: ignore[union-attr]
-            self._corked = []
-            self._turn.add(self.uncork)
+            now = self._loop.time()
+            if now - self._wrote_at < CORK_AFTER:
+                # A burst: hold the next writes of this turn, send them at its
+                # end together.
+                self._corked = []
+                self._turn.add(self.uncork)
+            self._wrote_at = now
         else:
             corked.append(payload)
         self._waiters.append(fut)
         return fut
 
     def _write(self, data: bytes) -> None:
-        """Write ``data``: the first write of a loop turn goes out at once (no
-        added latency), the later ones of the same turn together at its end (one
-        system call for a burst, instead of one per request)."""
+        """Write ``data`` now, or with the held writes if a burst is on (see
+        :data:`CORK_AFTER`)."""
         corked = self._corked
         if corked is None:
             self._transport.write(data)  # type: ignore[union-attr]
-            self._corked = []
-            self._turn.add(self.uncork)
         else:
             corked.append(data)
 
@@ -346,15 +373,21 @@ class _Conn(asyncio.Protocol):
 
     def _reload(self, fut: Reply) -> None:
         """Load ``fut``'s script (the node answered NOSCRIPT) and write the
-        request again, behind the requests already in flight."""
+        request again, behind the requests already in flight. One SCRIPT LOAD
+        serves every request of a burst that got NOSCRIPT. The request keeps
+        its mark: the node has answered since it was first written."""
         script, fut.script = fut.script, None
         assert script is not None
-        self._write(encode_command(("SCRIPT", "LOAD", script)))
-        self._waiters.append(None)
-        self._setup.append(("SCRIPT LOAD", _ignore))
-        fut.mark = self.received
+        if script not in self._loading:
+            self._loading.add(script)
+            self._write(encode_command(("SCRIPT", "LOAD", script)))
+            self._waiters.append(None)
+            self._setup.append(("SCRIPT LOAD", partial(self._loaded, script)))
         self._write(fut.payload)
         self._waiters.append(fut)
+
+    def _loaded(self, script: str, reply: object) -> None:
+        self._loading.discard(script)
 
     def data_received(self, data: bytes) -> None:
         self.received += 1
@@ -546,6 +579,9 @@ class MuxNode:
         if db != 0:
             self._setup.append((f"SELECT {db}", encode_command(("SELECT", db)), None))
         self._setup.append(("INFO server", _INFO_SERVER, self._saw_info))
+        # The scripts, loaded up front: no request pays a NOSCRIPT round trip,
+        # and no burst of them gets NOSCRIPT together on a fresh node.
+        self._setup += _LOAD_SCRIPTS
         self._conn: _Conn | None = None
         self._conns: set[_Conn] = set()
         self._connecting: asyncio.Task[_Conn] | None = None

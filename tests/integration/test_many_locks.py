@@ -92,3 +92,28 @@ async def check(
     assert results == [None] * COUNT
     assert all(lock.released for lock in entered)
     assert extender.registered == 0
+
+
+async def test_5000_releases_at_once_all_confirm(cluster: LocalCluster) -> None:
+    """A burst of releases in one turn of the loop is the client's own backlog,
+    not a failing node: deadlines count from when the requests went out, and
+    every release is confirmed with the default per-node timeout."""
+    loop = asyncio.get_running_loop()
+    debug = loop.get_debug()
+    # A burst is about speed: debug mode records a traceback for every future.
+    loop.set_debug(False)
+    try:
+        async with AsyncRedlock(cluster.urls, ttl=10.0, restart_quarantine=0) as rl:
+            locks: list[Lock] = []
+            for start in range(0, 5000, 500):
+                locks += await asyncio.gather(
+                    *(rl.acquire(f"burst:{i}") for i in range(start, start + 500))
+                )
+            results = await asyncio.gather(
+                *(lock.release() for lock in locks), return_exceptions=True
+            )
+            assert [r for r in results if r is not None] == []
+            assert all(lock.released for lock in locks)
+    finally:
+        loop.set_debug(debug)
+    assert cluster.dbsize() == [0] * len(cluster)

@@ -736,6 +736,7 @@ async def test_noscript_for_many_posted_requests_in_flight_recovers(
     for key in keys:
         assert await node.set_nx(key, b"tok", 5000)
     cluster[0].command("SCRIPT", "FLUSH")
+    loads_before = script_calls(cluster[0])
     extends = [
         node.post(extend_payload(key, b"tok", 9000), script=_scripts.EXTEND)
         for key in keys
@@ -752,3 +753,31 @@ async def test_noscript_for_many_posted_requests_in_flight_recovers(
     assert [await f for f in releases if f is not None] == [1] * 50
     assert cluster[0].command("DBSIZE") == 0
     assert node.connects == 1
+    # One SCRIPT LOAD per script for the whole burst, not one per request.
+    assert script_calls(cluster[0]) == loads_before + 2
+
+
+def script_calls(server: RedisServer) -> int:
+    info = server.command("INFO", "commandstats")
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    for line in text.splitlines():
+        if line.startswith("cmdstat_script:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
+
+
+async def test_scripts_are_loaded_when_connecting(
+    cluster: LocalCluster, node: MuxNode
+) -> None:
+    """No request pays a NOSCRIPT round trip on a fresh connection."""
+    from redlock_aio import _scripts
+
+    cluster[0].command("SCRIPT", "FLUSH")
+    assert await node.execute("PING") == b"PONG"
+    shas = [
+        _scripts.RELEASE_SHA,
+        _scripts.RELEASE_QUIET_SHA,
+        _scripts.EXTEND_SHA,
+        _scripts.EXTEND_MANY_SHA,
+    ]
+    assert cluster[0].command("SCRIPT", "EXISTS", *shas) == [1, 1, 1, 1]
