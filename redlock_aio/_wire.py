@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import ssl
 from collections import deque
 from functools import partial
@@ -55,12 +54,12 @@ __all__ = [
 
 logger = logging.getLogger("redlock_aio")
 
-#: A write this soon (seconds) after the previous one on the same connection
-#: means a burst: the writes after it in the same turn of the loop are held and
-#: sent together at the end of the turn (one system call for many requests).
-#: Sequential requests are a round trip apart and go out at once, with no
-#: callback added to the turn.
-CORK_AFTER = 50e-6
+#: Requests in flight on a connection that make it busy: the writes after it in
+#: the same turn of the loop are then held and sent together at the end of the
+#: turn (one system call for many requests). A connection with fewer in flight
+#: (one client making requests one after the other) writes each at once, with
+#: no callback added to the turn.
+CORK_DEPTH = 8
 
 _P = TypeVar("_P", bound=asyncio.Protocol)
 
@@ -283,7 +282,6 @@ class _Conn(asyncio.Protocol):
         "_transport",
         "_turn",
         "_waiters",
-        "_wrote_at",
         "failure",
         "lost",
         "read_at",
@@ -302,7 +300,6 @@ class _Conn(asyncio.Protocol):
         # Writes made later in the same loop turn as the first, sent together.
         self._corked: list[bytes] | None = None
         self._turn = turn_end(loop)
-        self._wrote_at = -math.inf
         #: Why the connection is unusable (exception class, message), once it is.
         self.failure: tuple[type[Exception], str] | None = None
         #: How many times data arrived: tells a stuck node from a busy one.
@@ -344,13 +341,11 @@ class _Conn(asyncio.Protocol):
         corked = self._corked  # self._write(payload), inlined: the hot path
         if corked is None:
             self._transport.write(payload)  # type: ignore[union-attr]
-            now = self._loop.time()
-            if now - self._wrote_at < CORK_AFTER:
-                # A burst: hold the next writes of this turn, send them at its
-                # end together.
+            if len(self._waiters) >= CORK_DEPTH:
+                # Busy: hold the next writes of this turn, send them at its end
+                # together (they would wait behind these replies anyway).
                 self._corked = []
                 self._turn.add(self.uncork)
-            self._wrote_at = now
         else:
             corked.append(payload)
         self._waiters.append(fut)
@@ -358,7 +353,7 @@ class _Conn(asyncio.Protocol):
 
     def _write(self, data: bytes) -> None:
         """Write ``data`` now, or with the held writes if a burst is on (see
-        :data:`CORK_AFTER`)."""
+        :data:`CORK_DEPTH`)."""
         corked = self._corked
         if corked is None:
             self._transport.write(data)  # type: ignore[union-attr]
