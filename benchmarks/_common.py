@@ -35,8 +35,8 @@ class Plan:
     tp_rounds: int = 7
     tp_seconds: float = 0.5
     ho_workers: int = 16
-    ho_rounds: int = 2
-    ho_handoffs: int = 25
+    ho_rounds: int = 4
+    ho_handoffs: int = 50
     ho_cpu_window: float = 2.0
     ho_hold: float = 0.001
     slow_latency: float = 0.05
