@@ -41,7 +41,7 @@ class Plan:
     ho_hold: float = 0.001
     slow_latency: float = 0.05
     slow_rounds: int = 3
-    slow_iters: int = 10
+    slow_iters: int = 30
     hold_ks: tuple[int, ...] = (10_000,)
     hold_seconds: float = 60.0
 

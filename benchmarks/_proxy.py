@@ -1,16 +1,21 @@
 """A TCP forwarder on loopback that adds a fixed latency to every request.
 
-It runs its own event loop in a thread, so its work does not sit on the event
-loop being measured. Client-to-server bytes are held for ``latency`` seconds
-(order kept, requests still pipelined); replies pass straight through: each
-round trip through it takes ``latency`` longer.
+:class:`LatencyProxy` runs its own event loop in a thread;
+:class:`ProcessLatencyProxy` runs one in a child process, so that forwarding
+does not compete with the measured event loop for the GIL (the scenarios use
+this one). Client-to-server bytes are held for ``latency`` seconds (order kept,
+requests still pipelined); replies pass straight through: each round trip
+through it takes ``latency`` longer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -138,3 +143,78 @@ class LatencyProxy:
             await asyncio.gather(*parts, return_exceptions=True)
             client_w.close()
             server_w.close()
+
+
+class ProcessLatencyProxy:
+    """:class:`LatencyProxy` in a child process (same interface). The child
+    ends when its standard input closes, so it never outlives this process."""
+
+    def __init__(self, host: str, port: int, latency: float) -> None:
+        self.host = host
+        self.port = port
+        self.latency = latency
+        self.listen_port = 0
+        self._child: subprocess.Popen[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.listen_port}/0"
+
+    def start(self) -> Self:
+        self._child = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks._proxy",
+                self.host,
+                str(self.port),
+                repr(self.latency),
+            ],
+            cwd=Path(__file__).resolve().parent.parent,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self._child.stdout is not None
+        line = self._child.stdout.readline()
+        if not line.strip().isdigit():
+            self.stop()
+            raise RuntimeError(f"latency proxy did not start: {line!r}")
+        self.listen_port = int(line)
+        return self
+
+    def stop(self) -> None:
+        child, self._child = self._child, None
+        if child is None:
+            return
+        if child.stdin is not None:
+            child.stdin.close()
+        try:
+            child.wait(10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _child_main(argv: list[str]) -> None:
+    host, port, latency = argv[0], int(argv[1]), float(argv[2])
+    with LatencyProxy(host, port, latency) as proxy:
+        print(proxy.listen_port, flush=True)
+        sys.stdin.read()  # until the parent closes it (or exits)
+
+
+if __name__ == "__main__":
+    _child_main(sys.argv[1:])

@@ -30,7 +30,7 @@ from ._common import (
     us,
 )
 from ._floor import present_on_quorum
-from ._proxy import LatencyProxy
+from ._proxy import ProcessLatencyProxy
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -538,7 +538,7 @@ async def slow_node(ctx: Ctx) -> Section:
         group_header="N",
         columns=[
             Column("acquire_p50_ms", "p50 normal", "{:,.2f}", ratio=True),
-            Column("slow_acquire_p50_ms", "p50 slow node", "{:,.1f}", ratio=True),
+            Column("slow_acquire_p50_ms", "p50 slow node", "{:,.2f}", ratio=True),
             Column("slow_acquire_p99_ms", "p99 slow node", "{:,.1f}"),
             Column("slow_cycle_p50_ms", "acquire+release p50 slow", "{:,.1f}"),
         ],
@@ -546,7 +546,9 @@ async def slow_node(ctx: Ctx) -> Section:
     key = KEY_PREFIX + "slow"
     impls = [cls for cls in ctx.impls if not cls.single_node]
     samples = {cls.name: _Samples() for cls in impls}
-    with LatencyProxy(cluster[0].host, cluster[0].port, plan.slow_latency) as proxy:
+    with ProcessLatencyProxy(
+        cluster[0].host, cluster[0].port, plan.slow_latency
+    ) as proxy:
         slow_urls = [proxy.url, *cluster.urls[1:]]
         for _ in range(plan.slow_rounds):
             for cls in impls:
@@ -607,7 +609,8 @@ async def slow_node(ctx: Ctx) -> Section:
     section.rows += _unavailable_rows(ctx, "3")
     section.notes.append(
         f"Node 1 of 3 behind a loopback forwarder adding {ms:g} ms to each request "
-        "(its own thread and event loop). A client that decides at quorum (2 of 3) "
+        "(a child process, off this process's GIL). A client that decides at quorum "
+        "(2 of 3) "
         "does not wait for it; one that waits for every node pays the full delay."
     )
     return section
