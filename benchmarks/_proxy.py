@@ -24,7 +24,34 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 
-class LatencyProxy:
+class _Proxy:
+    """What both proxies share: the URL to connect to, and ``with``."""
+
+    listen_port: int
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.listen_port}/0"
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class LatencyProxy(_Proxy):
     """``with LatencyProxy(host, port, 0.05) as proxy: ... proxy.url ...``"""
 
     def __init__(self, host: str, port: int, latency: float) -> None:
@@ -37,10 +64,6 @@ class LatencyProxy:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._error: BaseException | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.listen_port}/0"
 
     def start(self) -> Self:
         self._thread = threading.Thread(target=self._run, name="latency-proxy")
@@ -58,17 +81,6 @@ class LatencyProxy:
         if self._thread is not None:
             self._thread.join(10)
             self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _run(self) -> None:
         try:
@@ -145,7 +157,7 @@ class LatencyProxy:
             server_w.close()
 
 
-class ProcessLatencyProxy:
+class ProcessLatencyProxy(_Proxy):
     """:class:`LatencyProxy` in a child process (same interface). The child
     ends when its standard input closes, so it never outlives this process."""
 
@@ -155,10 +167,6 @@ class ProcessLatencyProxy:
         self.latency = latency
         self.listen_port = 0
         self._child: subprocess.Popen[str] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.listen_port}/0"
 
     def start(self) -> Self:
         self._child = subprocess.Popen(
@@ -196,17 +204,6 @@ class ProcessLatencyProxy:
             child.wait()
         if child.stdout is not None:
             child.stdout.close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _child_main(argv: list[str]) -> None:
