@@ -610,8 +610,8 @@ async def slow_node(ctx: Ctx) -> Section:
     section.notes.append(
         f"Node 1 of 3 behind a loopback forwarder adding {ms:g} ms to each request "
         "(a child process, off this process's GIL). A client that decides at quorum "
-        "(2 of 3) "
-        "does not wait for it; one that waits for every node pays the full delay."
+        "(2 of 3) does not wait for it; one that waits for every node pays the full "
+        "delay."
     )
     return section
 

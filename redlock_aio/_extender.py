@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, final
 
 from ._config import ttl_ms
 from ._errors import NodeError
-from ._quorum import NodeOutcome, Vote, clock_drift
+from ._quorum import Decision, NodeOutcome, Vote, clock_drift, decide
 from ._round import wait_tasks_shielded
 from ._scripts import EXTEND_MANY
 from ._wire import extend_many_payload
@@ -262,13 +262,17 @@ class Extender:
         if task is not None:
             task.cancel()
             await wait_tasks_shielded([task])
+        self._abandon_all(_LOST_CLOSED)
+
+    def _abandon_all(self, reason: str) -> None:
+        """Stop extending every registered lock, and mark each lost."""
         self._slots.clear()
         self._slot_heap.clear()
         entries = list(self._entries)
         self._entries.clear()
         for entry in entries:
             entry.active = False
-            entry.lock._mark_lost(_LOST_CLOSED)
+            entry.lock._mark_lost(reason)
 
     def _schedule(self, entry: Entry, due: float) -> None:
         """Make ``entry`` fall due at loop time ``due`` (or up to one
@@ -318,13 +322,7 @@ class Extender:
                     await asyncio.sleep(0)
         except Exception as exc:  # a bug, not a node failure: do not hold silently
             logger.exception("auto-extension failed")
-            self._slots.clear()
-            self._slot_heap.clear()
-            entries = list(self._entries)
-            self._entries.clear()
-            for entry in entries:
-                entry.active = False
-                entry.lock._mark_lost(f"auto-extension failed: {exc!r}")
+            self._abandon_all(f"auto-extension failed: {exc!r}")
 
     async def _sleep(
         self, loop: asyncio.AbstractEventLoop, delay: float | None
@@ -501,7 +499,6 @@ class Extender:
         now = rl.clock()
         since = chunk.loop.time() - now  # loop time = this clock's time + since
         needed = rl.quorum
-        most_failed = self._n - needed  # more votes against: no quorum possible
         for k, e in enumerate(entries):
             if e.chunk is not chunk:
                 continue  # already in a later batch: this answer is stale
@@ -518,7 +515,9 @@ class Extender:
             else:
                 e.no += 1
                 e.outcomes[i] = no
-            if not e.decided and (e.yes >= needed or e.no + e.bad > most_failed):
+            if not e.decided and decide(self._n, needed, e.yes, e.no + e.bad) is not (
+                Decision.PENDING
+            ):
                 e.decided = True
                 self._decide(e, chunk.start, now, since)
 

@@ -79,6 +79,17 @@ class Decision(enum.Enum):
     FAILED = "failed"
 
 
+def decide(n: int, needed: int, yes: int, against: int) -> Decision:
+    """The outcome of a vote of ``n`` nodes so far: reached once ``needed``
+    said yes, failed once so many voted otherwise (no, error, timeout) that
+    ``needed`` is out of reach, else pending."""
+    if yes >= needed:
+        return Decision.REACHED
+    if n - against < needed:
+        return Decision.FAILED
+    return Decision.PENDING
+
+
 class Tally:
     """Counts votes as they arrive and says when the outcome is decided.
 
@@ -104,8 +115,4 @@ class Tally:
 
     @property
     def decision(self) -> Decision:
-        if self.yes >= self.needed:
-            return Decision.REACHED
-        if self.n - self.no < self.needed:
-            return Decision.FAILED
-        return Decision.PENDING
+        return decide(self.n, self.needed, self.yes, self.no)

@@ -32,7 +32,7 @@ import anyio
 
 from ._errors import NodeError
 from ._node import Node, Poster
-from ._quorum import Decision, NodeOutcome, Vote
+from ._quorum import Decision, NodeOutcome, Vote, decide
 from ._turn import TurnEnd, turn_end
 
 Call: TypeAlias = Callable[[Node], Awaitable[bool]]
@@ -372,10 +372,10 @@ class Round:
         if self._wait_all:
             if not self._left or (self.answered >= needed and self._rest_excused()):
                 self._decide(_REACHED if self.yes >= needed else _FAILED)
-        elif self.yes >= needed:
-            self._decide(_REACHED)
-        elif len(self.replies) - self._no < needed:
-            self._decide(_FAILED)
+        else:
+            decision = decide(len(self.replies), needed, self.yes, self._no)
+            if decision is not _UNDECIDED:
+                self._decide(decision)
 
     def _cancelled(self, i: int) -> NodeOutcome:
         name = self._fleet.nodes[i].name
