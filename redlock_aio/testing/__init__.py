@@ -2,6 +2,9 @@
 
 - ``_checker``: :class:`MutexChecker`, which finds overlapping lock windows,
   also across processes.
+- ``_store``: :class:`ProtectedStore`, the resource a lock guards, which logs
+  every write as it lands, and :class:`StoreChecker`, which finds writes that
+  landed inside another holder's window, or after their own validity.
 - ``_proxy``: :class:`FaultProxy`, an in-process TCP proxy that adds latency,
   blackholes, resets or drops replies between one client and one node.
 - ``_servers``: real local redis-server processes (:class:`RedisServer`,
@@ -31,6 +34,14 @@ from ._servers import (
     find_redis_server as find_redis_server,
     free_port as free_port,
 )
+from ._store import (
+    ProtectedStore as ProtectedStore,
+    StoreChecker as StoreChecker,
+    StoreClient as StoreClient,
+    StoreError as StoreError,
+    StoreViolation as StoreViolation,
+    Write as Write,
+)
 
 __all__ = [
     "ENV_VAR",
@@ -39,10 +50,16 @@ __all__ = [
     "HungNode",
     "LocalCluster",
     "MutexChecker",
+    "ProtectedStore",
     "RedisReplyError",
     "RedisServer",
     "RedisServerNotFound",
+    "StoreChecker",
+    "StoreClient",
+    "StoreError",
+    "StoreViolation",
     "Violation",
+    "Write",
     "docker_available",
     "find_redis_server",
     "free_port",

@@ -24,6 +24,12 @@ if TYPE_CHECKING:
     from .._redlock import Lock
 
 
+def resource_name(lock: Lock) -> str:
+    """The lock's resource as recorded: the str itself, bytes as hex."""
+    resource = lock.resource
+    return resource if isinstance(resource, str) else resource.hex()
+
+
 @dataclass(frozen=True)
 class Holding:
     """One acquisition, as its holder saw it (monotonic seconds)."""
@@ -34,6 +40,9 @@ class Holding:
     valid_until: float
     ended: float
     lost: bool = False
+    #: The lock's token (hex): tells two acquisitions of one holder apart, and
+    #: matches the holding to the writes it made (see ``StoreChecker``).
+    token: str = ""
 
     @property
     def window_end(self) -> float:
@@ -87,15 +96,14 @@ class MutexChecker:
 
     def record(self, holder: str, lock: Lock, granted: float) -> Holding:
         """Record ``lock`` as held by ``holder`` from ``granted`` until now."""
-        resource = lock.resource
-        name = resource if isinstance(resource, str) else resource.hex()
         holding = Holding(
             holder=holder,
-            resource=name,
+            resource=resource_name(lock),
             granted=granted,
             valid_until=lock.valid_until,
             ended=time.monotonic(),
             lost=lock.lost,
+            token=lock.token.hex(),
         )
         self.holdings.append(holding)
         return holding
