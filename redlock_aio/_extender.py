@@ -12,7 +12,6 @@ earliest current deadline in its chunk). Each lock is then decided on its own,
 by the rules of :meth:`Lock.extend`:
 
 - validity is counted from ``start``, taken before the batch is sent;
-- a node's yes counts unless the node is in its restart quarantine;
 - a quorum of yes before the lock's current deadline sets the new validity;
 - the deadline passing first, or a quorum saying no (the key is gone or someone
   else's), marks the lock lost, which cancels its block;
@@ -486,15 +485,9 @@ class Extender:
                 )
                 failed = NodeOutcome(node.name, Vote.ERROR, err)
                 answers = None
+        # A yes always counts: a node that lost its data no longer has the
+        # key, so it cannot extend it (the quarantine is for acquiring).
         yes = self._yes[i]
-        counts = True
-        if answers is not None:
-            why = rl._quarantined(node)
-            if why is not None:
-                counts = False
-                yes = NodeOutcome(
-                    node.name, Vote.QUARANTINED, NodeError(node.name, why)
-                )
         no = self._no[i]
         now = rl.clock()
         since = chunk.loop.time() - now  # loop time = this clock's time + since
@@ -507,10 +500,7 @@ class Extender:
                 e.bad += 1
                 e.outcomes[i] = failed
             elif answers[k]:
-                if counts:
-                    e.yes += 1
-                else:
-                    e.bad += 1
+                e.yes += 1
                 e.outcomes[i] = yes
             else:
                 e.no += 1

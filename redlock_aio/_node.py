@@ -10,9 +10,8 @@ protocol.
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, unquote_plus, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -25,6 +24,7 @@ from ._errors import ConfigurationError
 if TYPE_CHECKING:
     import asyncio
     from collections.abc import Callable, Hashable, Sequence
+    from urllib.parse import SplitResult
 
     from redis.asyncio.connection import AbstractConnection
 
@@ -32,6 +32,13 @@ logger = logging.getLogger("redlock_aio")
 
 #: URL schemes redis-py understands for a single node.
 SCHEMES = ("redis", "rediss", "unix")
+#: The port of a URL that gives none.
+DEFAULT_PORT = 6379
+#: The largest database number a server can have (``databases`` is an int).
+MAX_DB = 2**31 - 1
+#: The names of this machine's loopback address, one server for the check that
+#: no node is given twice.
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 
 #: Connections per node when the library creates the client. Waiters queue for a
 #: free connection (bounded by the per-node timeout) instead of failing with
@@ -46,19 +53,25 @@ class Node(Protocol):
     :ivar name: a description for messages and logs; never contains a password.
     :ivar identity: equal for two handles on the same server and database, used
         to refuse the same node given twice.
-    :ivar started_at: when the server started, on :func:`time.monotonic`, as
-        learned on the latest connection; ``None`` if unknown. Drives the
-        restart quarantine.
     """
 
     name: str
     identity: Hashable
 
-    @property
-    def started_at(self) -> float | None: ...
-
     async def set_nx(self, key: bytes, token: bytes, ttl_ms: int) -> bool:
         """``SET key token NX PX ttl_ms``: True if the key was set."""
+        ...
+
+    async def acquire(
+        self, key: bytes, token: bytes, ttl_ms: int, marker: bytes, quarantine_ms: int
+    ) -> object:
+        """:data:`~redlock_aio._scripts.ACQUIRE`: ``SET key token NX PX ttl_ms``
+        and the check of the node's ``marker`` in one call; its raw reply."""
+        ...
+
+    async def init_marker(self, marker: bytes) -> None:
+        """Set the node's ``marker`` to "0": it holds every lock key of its
+        prefix, and has never lost one (see ``AsyncRedlock.init_nodes``)."""
         ...
 
     async def release(self, key: bytes, token: bytes, *, notify: bool = True) -> bool:
@@ -106,6 +119,7 @@ def describe_url(url: str) -> tuple[str, Hashable]:
     """A password-free name and an identity for a node URL, or a
     :class:`ConfigurationError` that says what is wrong with it."""
     try:
+        _check_encodable(url)
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in SCHEMES:
@@ -113,12 +127,12 @@ def describe_url(url: str) -> tuple[str, Hashable]:
         if scheme == "unix":
             if not parts.path:
                 raise ValueError("a unix:// URL needs a socket path")
-            return f"unix:{parts.path}", ("unix", parts.path, _db(parts.query))
+            return f"unix:{parts.path}", ("unix", parts.path, url_db(parts))
         host = parts.hostname
         if not host:
             raise ValueError("no host")
-        port = parts.port or 6379
-        db = _db(parts.query, parts.path)
+        port = url_port(parts)
+        db = url_db(parts)
     except ValueError as exc:
         # The message of urlsplit's errors can echo the URL: rebuild it without.
         raise ConfigurationError(
@@ -127,28 +141,91 @@ def describe_url(url: str) -> tuple[str, Hashable]:
             "unix:///path/to/redis.sock"
         ) from None
     name = f"{host}:{port}" if db == 0 else f"{host}:{port}/{db}"
-    return name, ("tcp", host.lower(), port, db)
+    return name, ("tcp", host_identity(host), port, db)
 
 
-def _db(query: str, path: str = "") -> int:
-    for item in query.split("&"):
-        if item.startswith("db="):
-            return int(item[3:])
-    path = path.strip("/")
-    return int(path) if path else 0
+def _check_encodable(url: str) -> None:
+    """``ValueError`` if ``url`` cannot be UTF-8 encoded: its host, path, user,
+    password or client name must go to the server or the OS as bytes."""
+    try:
+        url.encode()
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"character {exc.start} is a lone surrogate, which has no UTF-8 encoding"
+        ) from None
+
+
+def url_port(parts: SplitResult) -> int:
+    """The port of a TCP node URL, 6379 if it has none; ``ValueError`` if it is
+    not one a server can listen on."""
+    port = parts.port  # ValueError if not a number in 0-65535
+    if port is None:
+        return DEFAULT_PORT
+    if port == 0:
+        raise ValueError(
+            f"port 0 is no server's port: give one in 1-65535, or none for "
+            f"{DEFAULT_PORT}"
+        )
+    return port
+
+
+def url_db(parts: SplitResult) -> int:
+    """The database of a node URL: its path (TCP only) or ``?db=``, 0 if neither;
+    ``ValueError`` if one is not a database number, or they disagree."""
+    given = parse_qs(parts.query).get("db", [])
+    path = parts.path.strip("/")
+    if path and parts.scheme.lower() != "unix":
+        given.insert(0, path)
+    dbs = {_db_number(text) for text in given}
+    if len(dbs) > 1:
+        raise ValueError(
+            f"the db is given more than once, as {' and '.join(map(str, sorted(dbs)))}"
+            ": give it once, in the path or as ?db="
+        )
+    return dbs.pop() if dbs else 0
+
+
+def _db_number(text: str) -> int:
+    if text.isascii() and text.isdigit() and len(text) <= 10:
+        db = int(text)
+        if db <= MAX_DB:
+            return db
+    raise ValueError(f"db must be a whole number from 0 to {MAX_DB}, got {text!r}")
+
+
+def host_identity(host: str) -> str:
+    """The host part of a node's identity: lowercased, without IPv6 brackets,
+    and one name for each spelling of the loopback address, so that
+    ``localhost`` and ``127.0.0.1`` are seen as the same server (no DNS lookup:
+    the constructor does no I/O)."""
+    host = host.lower()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return "localhost" if host in _LOOPBACK else host
 
 
 def _redact(url: str) -> str:
-    """The URL with any password replaced by ``***``."""
+    """The URL with any password (in the user info or as ``?password=``)
+    replaced by ``***``."""
     try:
         parts = urlsplit(url)
-        if parts.password is None:
+        items = parts.query.split("&")
+        if parts.password is None and not any(map(_is_password, items)):
             return url
-        netloc = parts.netloc.rsplit("@", 1)[1]
-        user = parts.username or ""
-        return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
+        if parts.password is not None:
+            netloc = parts.netloc.rsplit("@", 1)[1]
+            user = parts.username or ""
+            parts = parts._replace(netloc=f"{user}:***@{netloc}")
+        hidden = ["password=***" if _is_password(item) else item for item in items]
+        return parts._replace(query="&".join(hidden)).geturl()
     except ValueError:
         return "<unparsable URL>"
+
+
+def _is_password(item: str) -> bool:
+    """Whether a query item gives the password (its key as parse_qs reads it)."""
+    key, sep, _ = item.partition("=")
+    return bool(sep) and unquote_plus(key) == "password"
 
 
 def describe_client(client: Redis) -> tuple[str, Hashable]:
@@ -161,45 +238,23 @@ def describe_client(client: Redis) -> tuple[str, Hashable]:
     host = str(kwargs.get("host", "localhost"))
     port = int(kwargs.get("port", 6379))
     name = f"{host}:{port}" if db == 0 else f"{host}:{port}/{db}"
-    return name, ("tcp", host.lower(), port, db)
+    return name, ("tcp", host_identity(host), port, db)
 
 
 class ServerFacts:
-    """What a node's server says about itself on each new connection: when it
-    started (for the restart quarantine: a server that restarted without its
-    keys may grant a lock that is still held) and whether it may evict keys.
-
-    Shared by every transport: feed it ``INFO server`` and, once,
+    """What a node's server says about itself: whether it may evict keys (and
+    so drop a lock). Shared by every transport: feed it, once,
     ``CONFIG GET maxmemory-policy``.
+
+    (Data loss, for the restart quarantine, is told by the node's marker key,
+    checked in the acquire script itself: see :data:`~redlock_aio._scripts.ACQUIRE`.)
     """
 
-    __slots__ = ("eviction_checked", "name", "run_id", "started_at")
+    __slots__ = ("eviction_checked", "name")
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.run_id: str | None = None
-        self.started_at: float | None = None
         self.eviction_checked = False
-
-    def saw_info(self, info: bytes | str) -> None:
-        """Record ``INFO server``'s uptime and run id, read just now."""
-        now = time.monotonic()
-        fields = parse_info(info)
-        try:
-            uptime = float(fields["uptime_in_seconds"])
-        except (KeyError, ValueError):
-            return
-        run_id = fields.get("run_id")
-        if self.run_id is not None and run_id != self.run_id:
-            logger.warning(
-                "node %s restarted %.0f s ago (new run id): it may have lost lock "
-                "keys, so its votes do not count until the restart quarantine is over",
-                self.name,
-                uptime,
-            )
-        self.run_id = run_id
-        # uptime_in_seconds is rounded down: assume the latest possible start.
-        self.started_at = now - uptime
 
     def saw_eviction_policy(self, reply: object) -> None:
         """Warn once if the server may evict keys (and so drop a lock)."""
@@ -224,17 +279,6 @@ class ServerFacts:
             )
 
 
-def parse_info(info: bytes | str) -> dict[str, str]:
-    """``INFO`` text as a dict of its ``key:value`` lines."""
-    text = info.decode(errors="replace") if isinstance(info, bytes) else info
-    fields: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and not key.startswith("#"):
-            fields[key.strip()] = value.strip()
-    return fields
-
-
 class RedisNode:
     """A :class:`Node` on a redis-py asyncio client.
 
@@ -246,6 +290,7 @@ class RedisNode:
     """
 
     __slots__ = (
+        "_acquire",
         "_extend",
         "_extend_many",
         "_release",
@@ -262,32 +307,27 @@ class RedisNode:
         self.owned = owned
         self.name, self.identity = describe_client(client)
         self.facts = ServerFacts(self.name)
+        self._acquire = client.register_script(_scripts.ACQUIRE)
         self._release = client.register_script(_scripts.RELEASE)
         self._release_quiet = client.register_script(_scripts.RELEASE_QUIET)
         self._extend = client.register_script(_scripts.EXTEND)
         self._extend_many = client.register_script(_scripts.EXTEND_MANY)
-        # Learn the server's start time on every new connection: a restart
-        # always breaks the connections, so this sees every restart. A pool
-        # that already has its own connect hook is left alone.
+        # Check the eviction policy on the first connection. A pool that
+        # already has its own connect hook is left alone.
         kwargs = client.connection_pool.connection_kwargs
         if kwargs.get("redis_connect_func") is None:
             kwargs["redis_connect_func"] = self._on_connect
 
-    @property
-    def started_at(self) -> float | None:
-        return self.facts.started_at
-
     async def _on_connect(self, conn: AbstractConnection) -> None:
         await conn.on_connect()
+        if self.facts.eviction_checked:
+            return
         try:
-            await conn.send_command("INFO", "server")
-            self.facts.saw_info(await conn.read_response())
-            if not self.facts.eviction_checked:
-                await conn.send_command("CONFIG", "GET", "maxmemory-policy")
-                self.facts.saw_eviction_policy(await conn.read_response())
-        except ResponseError as exc:  # INFO or CONFIG renamed or denied by ACL
+            await conn.send_command("CONFIG", "GET", "maxmemory-policy")
+            self.facts.saw_eviction_policy(await conn.read_response())
+        except ResponseError as exc:  # CONFIG renamed or denied by ACL
             self.facts.eviction_checked = True
-            logger.debug("node %s: cannot read server facts: %s", self.name, exc)
+            logger.debug("node %s: cannot read maxmemory-policy: %s", self.name, exc)
 
     @classmethod
     def from_url(cls, url: str) -> RedisNode:
@@ -316,6 +356,16 @@ class RedisNode:
             "SET", key, token, "NX", "PX", ttl_ms
         )
         return bool(reply)
+
+    async def acquire(
+        self, key: bytes, token: bytes, ttl_ms: int, marker: bytes, quarantine_ms: int
+    ) -> object:
+        return await self._acquire(
+            keys=(key, marker), args=(token, ttl_ms, quarantine_ms)
+        )
+
+    async def init_marker(self, marker: bytes) -> None:
+        await self.client.set(marker, b"0")
 
     async def release(self, key: bytes, token: bytes, *, notify: bool = True) -> bool:
         script = self._release if notify else self._release_quiet

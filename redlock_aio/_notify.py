@@ -54,21 +54,40 @@ class _SubConn(asyncio.Protocol):
         self._owner = owner
         self._reader = hiredis.Reader()
         self.transport: asyncio.Transport | None = None
-        self.lost = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.lost: asyncio.Future[None] = loop.create_future()
+        #: Resolves with the AUTH reply (an error reply is a result too).
+        self.authed: asyncio.Future[object] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # Any transport of the running loop (uvloop's are not asyncio.Transport).
+        self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        self._reader.feed(data)
-        reply = self._reader.gets()
-        while reply is not False:
-            self._owner._reply(self, reply)
+        try:
+            self._reader.feed(data)
             reply = self._reader.gets()
+            while reply is not False:
+                authed = self.authed
+                if authed is not None and not authed.done():
+                    authed.set_result(reply)
+                else:
+                    self._owner._reply(self, reply)
+                reply = self._reader.gets()
+        except hiredis.HiredisError as exc:  # a reply that is not RESP
+            logger.warning("pub/sub on %s: protocol error: %s", self._owner.name, exc)
+            self.abort()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        authed = self.authed
+        if authed is not None and not authed.done():
+            authed.set_exception(ConnectionError("connection lost"))
+            authed.exception()  # retrieved: the opener may be gone
         self._owner._lost(self)
         if not self.lost.done():
             self.lost.set_result(None)
@@ -95,7 +114,7 @@ class Channels:
         ],
         hello: bytes = b"",
     ) -> None:
-        self._name = name
+        self.name = name
         self._connect = connect
         self._hello = hello
         self._conn: _SubConn | None = None
@@ -149,7 +168,7 @@ class Channels:
             conn.transport.abort()
             await asyncio.shield(conn.lost)
         for channel in list(self._confirmed):
-            self._drop(channel, ConnectionError(f"{self._name}: closed"))
+            self._drop(channel, ConnectionError(f"{self.name}: closed"))
 
     def _drop(self, channel: bytes, exc: BaseException | None) -> None:
         self._callbacks.pop(channel, None)
@@ -159,13 +178,13 @@ class Channels:
                 confirmed.cancel()
             else:
                 confirmed.set_exception(
-                    ConnectionError(f"subscription on {self._name} failed: {exc}")
+                    ConnectionError(f"subscription on {self.name} failed: {exc}")
                 )
                 confirmed.exception()  # retrieved: nobody may be waiting
 
     async def _connection(self) -> _SubConn:
         if self._closed:
-            raise ConnectionError(f"{self._name}: closed")
+            raise ConnectionError(f"{self.name}: closed")
         if self._conn is not None and self._conn.transport is not None:
             return self._conn
         if self._opening is None:
@@ -177,7 +196,18 @@ class Channels:
         conn = await self._connect(lambda: _SubConn(self))
         assert isinstance(conn, _SubConn)
         if self._hello and conn.transport is not None:
+            # AUTH alone, and nothing more before it succeeded: a SUBSCRIBE
+            # behind a failed AUTH would run as the default user.
+            authed = conn.authed = asyncio.get_running_loop().create_future()
             conn.transport.write(self._hello)
+            try:
+                reply = await authed
+            except BaseException:
+                conn.abort()
+                raise
+            if isinstance(reply, hiredis.ReplyError):
+                conn.abort()
+                raise ConnectionError(f"pub/sub on {self.name}: AUTH failed: {reply}")
         self._conn = conn
         return conn
 
@@ -188,10 +218,9 @@ class Channels:
 
     def _reply(self, conn: _SubConn, reply: object) -> None:
         if not isinstance(reply, list) or len(reply) < 2:
-            if isinstance(reply, hiredis.ReplyError):  # AUTH refused
-                logger.debug("pub/sub on %s: %s", self._name, reply)
-                if conn.transport is not None:
-                    conn.transport.abort()
+            if isinstance(reply, hiredis.ReplyError):  # SUBSCRIBE refused (ACL)
+                logger.debug("pub/sub on %s: %s", self.name, reply)
+                conn.abort()
             return
         kind, channel = reply[0], reply[1]
         if kind == b"message" and len(reply) > 2:
@@ -311,6 +340,10 @@ class Wakeup:
         self._loop = asyncio.get_running_loop()
         self._waiter: asyncio.Future[None] | None = None
         self.signalled = False
+        # A subscription was dropped (its connection lost): subscribe again
+        # before the next wait, which would otherwise only poll.
+        self._dropped = False
+        self._timeout = 0.0
         where = (self._loop, channel)
         line = _lines.get(where)
         if line is None:
@@ -319,6 +352,10 @@ class Wakeup:
         line.waiters.append(self)
 
     def _heard(self, token: bytes) -> None:
+        if not token:  # the connection dropped (see Channels._lost): every
+            self._dropped = True  # waiter retries now and subscribes again
+            self.signal()
+            return
         self._line.notify(token)
 
     def signal(self) -> None:
@@ -330,6 +367,8 @@ class Wakeup:
     async def start(self, timeout: float) -> None:
         """Subscribe on every node; return once one confirmed, or all failed or
         timed out (then waits are plain polling)."""
+        self._timeout = timeout
+        self._dropped = False
         tasks = [self._spawn(self._subscribe(node, timeout)) for node in self._nodes]
         pending = set(tasks)
         while pending:
@@ -347,18 +386,35 @@ class Wakeup:
             return False
         return True
 
-    async def wait(self, delay: float) -> None:
+    async def wait(
+        self, delay: float, closing: asyncio.Future[None] | None = None
+    ) -> None:
         """Until this waiter is woken by a release (possibly already, since its
-        last wait) or ``delay`` seconds have passed."""
+        last wait), ``delay`` seconds have passed or ``closing`` resolves.
+        After a dropped subscription: subscribe again, and return at once (a
+        release in between would not have been heard)."""
+        if self._dropped:
+            await self.start(self._timeout)
+            self.signalled = False
+            return
         if not self.signalled:
             waiter = self._waiter = self._loop.create_future()
             timer = self._loop.call_later(delay, _resolve, waiter)
+            if closing is not None:
+                closing.add_done_callback(self._wake)
             try:
                 await waiter
             finally:
                 timer.cancel()
+                if closing is not None:
+                    closing.remove_done_callback(self._wake)
                 self._waiter = None
         self.signalled = False
+
+    def _wake(self, _: object) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def close(self) -> None:
         """Leave the line (passing on a wake-up not used) and unsubscribe."""

@@ -26,22 +26,30 @@ from typing import TYPE_CHECKING, Any, final
 from redis.asyncio import Redis
 
 from . import _config
-from ._config import Settings, Terms, show
+from ._config import Settings, Terms, show, ttl_ms
 from ._errors import (
     ConfigurationError,
     ConfigurationTypeError,
     ExtendError,
     LockLost,
     LockNotAcquired,
+    NodeError,
     RedlockClosed,
+    RedlockError,
     ReleaseError,
 )
-from ._node import Node, RedisNode, describe_url
+from ._node import Node, RedisNode, describe_url, host_identity
 from ._notify import Notifier, Wakeup
 from ._quorum import Decision, NodeOutcome, Vote, quorum
-from ._round import Ask, Fleet, Round, wait_decided, wait_tasks_shielded
-from ._scripts import EXTEND, RELEASE, RELEASE_QUIET, channel
-from ._wire import MuxNode, extend_payload, release_payload, set_nx_payload
+from ._round import Ask, Fleet, Quarantined, Round, wait_decided, wait_tasks_shielded
+from ._scripts import ACQUIRE, EXTEND, MARKER, RELEASE, RELEASE_QUIET, channel
+from ._wire import (
+    MuxNode,
+    acquire_payload,
+    extend_payload,
+    release_payload,
+    set_nx_payload,
+)
 
 if sys.version_info >= (3, 11):
     from typing import Self
@@ -295,14 +303,26 @@ class AsyncRedlock:
         self._max_ttl = self.settings.ttl
         self._default_terms = self.settings.terms(self.settings.ttl)
         self._terms_cache: dict[object, Terms] = {}
-        self.clock: Callable[[], float] = clock or time.monotonic
+        _config.check_clock(clock)
+        self.clock: Callable[[], float] = time.monotonic if clock is None else clock
         self._nodes: tuple[Node, ...] = _make_nodes(_config.check_node_list(nodes))
         self.quorum = quorum(len(self._nodes))
         self._notifiers = [n for n in self._nodes if isinstance(n, Notifier)]
         self._tasks: set[asyncio.Task[Any]] = set()
         self._fleet = Fleet(self._nodes, self._spawn)
-        # Vets each yes against the restart quarantine, unless it is off.
-        self._vet = None if restart_quarantine == 0 else self._quarantined
+        # The nodes' marker key, checked by every acquire, unless the restart
+        # quarantine is off (then a plain SET NX).
+        self._marker: bytes | None = (
+            None if restart_quarantine == 0 else self.settings.key_prefix + MARKER
+        )
+        # The event loop this client is used from, once it has been.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # acquire() calls under way, and what aclose() waits on for them.
+        self._acquiring = 0
+        # Resolved when aclose() begins (wakes acquires between attempts), and
+        # when the last acquire under way has ended after that.
+        self._closing: asyncio.Future[None] | None = None
+        self._drained: asyncio.Future[None] | None = None
         # Locks not yet released, so that aclose() can release them even when
         # the caller dropped the handle. Expired ones are pruned as it grows.
         self._held: set[Lock] = set()
@@ -354,6 +374,7 @@ class AsyncRedlock:
         cleanup is shielded and bounded by the per-node timeout.
         """
         key, terms = self._check(resource, ttl)
+        _config.flag("blocking", blocking)
         limit = None if timeout is None else _config.check_timeout(timeout)
         s = self.settings
         deadline = None if limit is None else self.clock() + limit
@@ -362,6 +383,7 @@ class AsyncRedlock:
         attempt = 0
         rnd: Round | None = None
         wakeup: Wakeup | None = None
+        self._acquiring += 1
         try:
             while True:
                 attempt += 1
@@ -369,13 +391,17 @@ class AsyncRedlock:
                 start = self.clock()
                 rnd = Round(
                     self._fleet,
-                    _set_nx(key, token, px),
+                    self._ask_acquire(key, token, px),
                     timeout=node_timeout,
                     needed=self.quorum,
-                    vet=self._vet,
                 )
                 spawned += rnd.replies
                 decision = await rnd.decided
+                if self._closed:  # aclose() began meanwhile: take the keys back
+                    raise RedlockClosed(
+                        f"acquire of {show(resource)} ended by aclose(); its keys "
+                        "were taken back"
+                    )
                 if decision is _REACHED:
                     valid_until = start + ttl_s - drift  # see validity_deadline
                     if self.clock() < valid_until:
@@ -400,8 +426,9 @@ class AsyncRedlock:
                             resource, done.outcomes, attempt, decision, timeout=limit
                         )
                     delay = min(delay, left)
+                closing = self._closing_future()
                 if wakeup is not None:
-                    await wakeup.wait(delay)
+                    await wakeup.wait(delay, closing)
                 elif self._notifiers and any(o.vote is Vote.NO for o in done.outcomes):
                     # Held by someone else: be told when it is released, and
                     # try again at once, so a release that came before the
@@ -409,7 +436,11 @@ class AsyncRedlock:
                     wakeup = Wakeup(self._notifiers, channel(key), self._spawn)
                     await wakeup.start(node_timeout)
                 else:
-                    await asyncio.sleep(delay)
+                    await _sleep(delay, closing)
+                if self._closed:
+                    raise RedlockClosed(
+                        f"acquire of {show(resource)} ended by aclose()"
+                    )
         except BaseException:
             # Cancelled (or failed) mid-attempt: a SET in flight may still land.
             # Release wherever it may, and wait for that, shielded and bounded.
@@ -422,23 +453,68 @@ class AsyncRedlock:
         finally:
             if wakeup is not None:
                 wakeup.close()
+            self._acquiring -= 1
+            drained = self._drained
+            if drained is not None and not self._acquiring and not drained.done():
+                drained.set_result(None)
 
-    def _quarantined(self, node: Node) -> str | None:
-        """Why ``node``'s yes must not count yet, if it restarted too recently."""
-        started = node.started_at
-        if started is None:
-            return None
+    def _quarantine_ms(self) -> int:
+        """The restart quarantine in ms: as set, or the largest TTL used."""
         quarantine = self.settings.restart_quarantine
-        if quarantine is None:
-            quarantine = self._max_ttl
-        up = time.monotonic() - started
-        if up >= quarantine:
-            return None
-        return (
-            f"up for only {up:.1f} s: a restarted node may have lost lock keys, "
-            f"so its yes counts once it has been up {quarantine:g} s "
-            "(restart_quarantine)"
+        return ttl_ms(self._max_ttl if quarantine is None else quarantine)
+
+    def _ask_acquire(self, key: bytes, token: bytes, px: int) -> Ask:
+        marker = self._marker
+        if marker is None:
+            return _set_nx(key, token, px)
+        wait = self._quarantine_ms()
+        return Ask(
+            lambda node: node.acquire(key, token, px, marker, wait),
+            acquire_payload(key, token, px, marker, wait),
+            None,
+            ACQUIRE,
+            _grant,
         )
+
+    async def init_nodes(self) -> tuple[NodeOutcome, ...]:
+        """Mark every node as holding all the lock data of this key prefix, so
+        that the restart quarantine does not apply to it until it loses its
+        data again (the acquire script then finds its marker key missing).
+
+        For a new deployment, or when no lock of this key prefix is held
+        anywhere: a node that lost its data while a lock was held must wait
+        its quarantine out, and this would cut it short. Also the
+        ``redlock-aio init`` command.
+
+        :return: each node's outcome (``yes`` once marked).
+        :raises RedlockError: a node could not be marked (its outcome says
+            why); the others are marked.
+        """
+        self._check_open()
+        marker = self._marker
+        if marker is None:
+            raise ConfigurationError(
+                "init_nodes() marks the nodes for the restart quarantine, which "
+                "this AsyncRedlock has off (restart_quarantine=0)"
+            )
+        timeout = self._default_terms.node_timeout
+        results = await asyncio.gather(
+            *(asyncio.wait_for(n.init_marker(marker), timeout) for n in self._nodes),
+            return_exceptions=True,
+        )
+        outcomes = tuple(
+            NodeOutcome(n.name, Vote.YES)
+            if not isinstance(r, BaseException)
+            else NodeOutcome(n.name, Vote.ERROR, _node_error(n.name, r))
+            for n, r in zip(self._nodes, results, strict=True)
+        )
+        failed = [o for o in outcomes if not o.ok]
+        if failed:
+            raise RedlockError(
+                f"could not mark {len(failed)} of {len(outcomes)} nodes: "
+                + "; ".join(map(str, failed))
+            )
+        return outcomes
 
     def _hold(self, lock: Lock) -> None:
         held = self._held
@@ -551,6 +627,7 @@ class AsyncRedlock:
     # -- extend and release -------------------------------------------------------
 
     async def _extend(self, lock: Lock, ttl: float | None) -> float:
+        self._check_open()
         if lock._released:
             raise LockLost(f"cannot extend {show(lock.resource)}: it was released")
         terms = lock._terms if ttl is None else self._terms(ttl)
@@ -578,7 +655,6 @@ class AsyncRedlock:
             timeout=timeout,
             needed=self.quorum,
             after=lock._tails,
-            vet=self._vet,
         )
         lock._tails = rnd.replies
         lock._outcomes = rnd.outcomes
@@ -611,10 +687,11 @@ class AsyncRedlock:
         if lock._released:
             return
         if self._nodes_closed:
-            raise ReleaseError(
+            raise RedlockClosed(
                 f"cannot release {show(lock.resource)}: the AsyncRedlock was closed "
                 "(its connections too); the keys expire by their TTL"
             )
+        self._check_loop()
         rnd = self._release_round(
             None,
             lock.key,
@@ -671,6 +748,10 @@ class AsyncRedlock:
 
         self._check(resource, ttl)
         _config.check_timeout(timeout)
+        _config.flag("blocking", blocking)
+        _config.flag("auto_extend", auto_extend)
+        _config.flag("cancel_on_lost", cancel_on_lost)
+        _config.optional_callable("on_lost", on_lost)
         return LockContext(
             self,
             resource,
@@ -685,10 +766,42 @@ class AsyncRedlock:
     # -- lifecycle --------------------------------------------------------------------
 
     def _check(self, resource: str | bytes, ttl: float | None) -> tuple[bytes, Terms]:
+        self._check_open()
+        key = _config.key_for(self.settings.key_prefix, resource)
+        if key == self._marker:
+            raise ConfigurationError(
+                f"resource {show(resource)} names the nodes' marker key, which the "
+                "restart quarantine uses; pick another name"
+            )
+        return key, self._default_terms if ttl is None else self._terms(ttl)
+
+    def _check_open(self) -> None:
         if self._closed:
             raise RedlockClosed("this AsyncRedlock was closed")
-        key = _config.key_for(self.settings.key_prefix, resource)
-        return key, self._default_terms if ttl is None else self._terms(ttl)
+        self._check_loop()
+
+    def _check_loop(self) -> None:
+        """An AsyncRedlock lives in one event loop: its connections, timers
+        and tasks belong to the loop it was first used in."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            if self._loop is not None:
+                raise RedlockError(
+                    "this AsyncRedlock was first used in another event loop, and "
+                    "its connections, timers and tasks belong to that loop: "
+                    "create one AsyncRedlock per event loop (in the app's start-up, "
+                    "or in a fixture of the same loop scope as its tests)"
+                )
+            self._loop = loop
+
+    def _closing_future(self) -> asyncio.Future[None]:
+        """Resolves when aclose() begins."""
+        closing = self._closing
+        if closing is None:
+            closing = self._closing = asyncio.get_running_loop().create_future()
+            if self._closed:
+                closing.set_result(None)
+        return closing
 
     def _terms(self, ttl: object) -> Terms:
         """The terms of a lock of ``ttl`` seconds (checked, then remembered)."""
@@ -714,7 +827,16 @@ class AsyncRedlock:
         clients this AsyncRedlock created. Idempotent."""
         if self._closed:
             return
+        if self._loop is not None and self._loop is not asyncio.get_running_loop():
+            self._check_loop()  # raises: the connections belong to that loop
         self._closed = True
+        if self._closing is not None and not self._closing.done():
+            self._closing.set_result(None)
+        if self._acquiring:
+            # Acquires under way end at their next step (within a per-node
+            # timeout), taking back the keys they may have set.
+            self._drained = asyncio.get_running_loop().create_future()
+            await wait_tasks_shielded([self._drained])
         if self._extender is not None:
             await self._extender.aclose()
         held = list(self._held)
@@ -748,6 +870,31 @@ class AsyncRedlock:
         return f"<AsyncRedlock [{names}] quorum={self.quorum}>"
 
 
+async def _sleep(delay: float, closing: asyncio.Future[None]) -> None:
+    """Sleep ``delay`` seconds, or until ``closing`` resolves."""
+    if closing.done():
+        return
+    await asyncio.wait((closing,), timeout=delay)
+
+
+def _grant(reply: object) -> bool | Quarantined:
+    """The vote in a reply of the acquire script (see ``_scripts.ACQUIRE``)."""
+    if reply == 1:
+        return True
+    if isinstance(reply, list) and len(reply) == 2:
+        wait, fresh = reply
+        if isinstance(wait, int) and wait > 0:
+            return Quarantined(wait / 1000, fresh == 1)
+    return False
+
+
+def _node_error(name: str, exc: BaseException) -> NodeError:
+    what = "no reply in time" if isinstance(exc, TimeoutError) else str(exc)
+    err = NodeError(name, f"{type(exc).__name__}: {what}")
+    err.__cause__ = exc
+    return err
+
+
 def _set_nx(key: bytes, token: bytes, px: int) -> Ask:
     return Ask(
         lambda node: node.set_nx(key, token, px), set_nx_payload(key, token, px), b"OK"
@@ -772,6 +919,9 @@ def _make_nodes(specs: Iterable[object]) -> tuple[Node, ...]:
                 f"a node must be a redis:// URL, a redis.asyncio.Redis client or a "
                 f"Node, got {type(spec).__name__}"
             )
+        if isinstance(identity, tuple) and len(identity) > 1 and identity[0] == "tcp":
+            # localhost, 127.0.0.1 and ::1 are one server, however it was given.
+            identity = ("tcp", host_identity(str(identity[1])), *identity[2:])
         if identity in seen:
             raise ConfigurationError(
                 f"node {name} is given twice: each node must be a distinct server, "

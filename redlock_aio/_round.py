@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -35,16 +36,19 @@ from ._node import Node, Poster
 from ._quorum import Decision, NodeOutcome, Vote, decide
 from ._turn import TurnEnd, turn_end
 
-Call: TypeAlias = Callable[[Node], Awaitable[bool]]
-#: Says why a node's yes must not count (None: it counts).
-Vet: TypeAlias = Callable[[Node], "str | None"]
-Spawn: TypeAlias = Callable[[Coroutine[Any, Any, bool]], "asyncio.Task[bool]"]
+Call: TypeAlias = Callable[[Node], Awaitable[object]]
+#: Turns a reply into a vote: True (yes), False (no), or a
+#: :class:`Quarantined` yes that does not count.
+Decode: TypeAlias = Callable[[object], "bool | Quarantined"]
+Spawn: TypeAlias = Callable[[Coroutine[Any, Any, object]], "asyncio.Task[object]"]
 Hook: TypeAlias = Callable[["asyncio.Future[Any]"], None]
 Post: TypeAlias = Callable[
     [bytes, "asyncio.Future[Any] | None", "str | None", Hook],
     "asyncio.Future[Any] | None",
 ]
 
+
+logger = logging.getLogger("redlock_aio")
 
 _RESOLUTION = time.get_clock_info("monotonic").resolution
 
@@ -62,21 +66,51 @@ _FAILED = Decision.FAILED
 _ANSWERS = frozenset((Vote.YES, Vote.NO, Vote.QUARANTINED))
 
 
+class Quarantined:
+    """A yes from a node in its restart quarantine: the key was set, but the
+    node may have lost a lock that is still held, so the yes does not count.
+
+    :ivar wait: seconds of quarantine left, on the node's clock.
+    :ivar fresh: the node's marker was missing until this request: it has
+        just been found to have lost its data (or to be new).
+    """
+
+    __slots__ = ("fresh", "wait")
+
+    def __init__(self, wait: float, fresh: bool) -> None:
+        self.wait = wait
+        self.fresh = fresh
+
+    def reason(self) -> str:
+        return (
+            "it lost its data or is new (no marker key), so it may have "
+            "forgotten a lock that is still held: its yes counts in "
+            f"{self.wait:.1f} s (restart_quarantine)"
+        )
+
+
 class Ask:
     """One request, in both forms: ``payload``, the encoded command a posting
     node writes as it is (the same bytes for every node), whose reply means yes
     if it equals ``want``; and ``call``, the coroutine any other node runs.
-    ``script`` is the Lua source behind an ``EVALSHA`` payload."""
+    ``script`` is the Lua source behind an ``EVALSHA`` payload. ``decode``, if
+    set, turns either form's reply into the vote instead of ``want``."""
 
-    __slots__ = ("call", "payload", "script", "want")
+    __slots__ = ("call", "decode", "payload", "script", "want")
 
     def __init__(
-        self, call: Call, payload: bytes, want: object, script: str | None = None
+        self,
+        call: Call,
+        payload: bytes,
+        want: object,
+        script: str | None = None,
+        decode: Decode | None = None,
     ) -> None:
         self.call = call
         self.payload = payload
         self.want = want
         self.script = script
+        self.decode = decode
 
 
 class Fleet:
@@ -221,8 +255,6 @@ class Round:
         for: its request goes on in the background (a release need not wait for
         a node that was slow).
     :param after: per node, a request this one must be answered after.
-    :param vet: checked on each yes; a reason turns it into a
-        :attr:`Vote.QUARANTINED` that does not count.
 
     :ivar replies: per node, the future of its request (a task on nodes that
         do not post); done once the node answered, failed or timed out.
@@ -245,7 +277,6 @@ class Round:
         "_needed",
         "_no",
         "_timeout",
-        "_vet",
         "_wait_all",
         "_watchers",
         "answered",
@@ -266,13 +297,11 @@ class Round:
         only: Sequence[int] | None = None,
         wait_all: bool = False,
         after: Sequence[asyncio.Future[Any] | None] | None = None,
-        vet: Vet | None = None,
         before: Sequence[NodeOutcome] | None = None,
     ) -> None:
         loop = asyncio.get_running_loop()
         self._fleet = fleet
         self._ask = ask
-        self._vet = vet
         self._wait_all = wait_all
         self._before = before
         self._needed = needed
@@ -346,14 +375,20 @@ class Round:
             err.__cause__ = exc
             outcome = NodeOutcome(name, Vote.ERROR, err)
         else:
-            if raw:
-                result = result == self._ask.want
-            if not result:
-                outcome = fleet.no[i]
-            elif self._vet is None:
+            ask = self._ask
+            decode = ask.decode
+            if decode is not None:
+                result = decode(result)
+            elif raw:
+                result = result == ask.want
+            if result is True:
+                outcome = fleet.yes[i]
+            elif type(result) is Quarantined:
+                outcome = _quarantined(fleet.nodes[i].name, result)
+            elif result:
                 outcome = fleet.yes[i]
             else:
-                outcome = self._yes(i)
+                outcome = fleet.no[i]
         self.outcomes[j] = outcome
         self._left -= 1
         if not self._left:
@@ -418,14 +453,20 @@ class Round:
             self._watchers.append(fut)
         return fut
 
-    def _yes(self, i: int) -> NodeOutcome:
-        """A yes from node ``i``, unless the vetting says it must not count."""
-        vet = self._vet
-        why = None if vet is None else vet(self._fleet.nodes[i])
-        if why is None:
-            return self._fleet.yes[i]
-        name = self._fleet.nodes[i].name
-        return NodeOutcome(name, Vote.QUARANTINED, NodeError(name, why))
+
+def _quarantined(name: str, grant: Quarantined) -> NodeOutcome:
+    """The outcome of a yes that must not count yet; a node just found to have
+    lost its data is a warning (the first client that sees it logs it)."""
+    if grant.fresh:
+        logger.warning(
+            "node %s has no marker key: it lost its data (a restart without "
+            "persistence, FLUSHALL, a replaced server) or is new; its yes votes "
+            "count again after a restart quarantine of %.1f s. On a new "
+            "deployment, `redlock-aio init` (AsyncRedlock.init_nodes) spares it",
+            name,
+            grant.wait,
+        )
+    return NodeOutcome(name, Vote.QUARANTINED, NodeError(name, grant.reason()))
 
 
 def _answering(fut: asyncio.Future[Any], now: float, window: float) -> bool:
@@ -435,7 +476,7 @@ def _answering(fut: asyncio.Future[Any], now: float, window: float) -> bool:
     return answering is not None and answering(now, window)
 
 
-async def _ask(node: Node, call: Call, prev: asyncio.Future[Any] | None) -> bool:
+async def _ask(node: Node, call: Call, prev: asyncio.Future[Any] | None) -> object:
     if prev is not None and not prev.done():
         # asyncio.wait never cancels prev, even if this task is cancelled.
         await asyncio.wait((prev,))

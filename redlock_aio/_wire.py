@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 from collections import deque
 from functools import partial
@@ -36,8 +37,8 @@ from redis.exceptions import (
 )
 
 from . import _scripts
-from ._errors import ConfigurationError
-from ._node import ServerFacts, describe_url
+from ._errors import ConfigurationError, RedlockError
+from ._node import DEFAULT_PORT, ServerFacts, describe_url, url_db, url_port
 from ._notify import Channels, leave_channels, shared_channels
 from ._turn import turn_end
 
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MuxNode",
+    "acquire_payload",
     "encode_command",
     "extend_payload",
     "release_payload",
@@ -78,11 +80,13 @@ _RELEASE_HEAD = b"*5\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n1\r\n" % (
 _RELEASE_QUIET_HEAD = b"*5\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n1\r\n" % (
     _scripts.RELEASE_QUIET_SHA.encode()
 )
+_ACQUIRE_HEAD = b"*8\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n2\r\n" % (
+    _scripts.ACQUIRE_SHA.encode()
+)
 _EXTEND_HEAD = b"*6\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n1\r\n" % (
     _scripts.EXTEND_SHA.encode()
 )
 _OK = b"OK"
-_INFO_SERVER = b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n"
 _CONFIG_GET_POLICY = b"*3\r\n$6\r\nCONFIG\r\n$3\r\nGET\r\n$16\r\nmaxmemory-policy\r\n"
 
 # URL query parameters: those MuxNode uses, and redis-py's pool and socket
@@ -100,6 +104,8 @@ _SSL_PARAMS = frozenset(
     }
 )
 _USED_PARAMS = frozenset({"db", "username", "password", "client_name"}) | _SSL_PARAMS
+#: What CLIENT SETNAME accepts: printable ASCII, no spaces.
+_CLIENT_NAME = re.compile(r"[!-~]*")
 _IGNORED_PARAMS = frozenset(
     {
         "socket_timeout",
@@ -163,6 +169,27 @@ def set_nx_payload(key: bytes, token: bytes, ttl_ms: int) -> bytes:
         _NX_PX,
         len(ttl),
         ttl,
+    )
+
+
+def acquire_payload(
+    key: bytes, token: bytes, ttl_ms: int, marker: bytes, quarantine_ms: int
+) -> bytes:
+    """``EVALSHA`` of the acquire script (SET NX and the marker check), encoded."""
+    ttl = b"%d" % ttl_ms
+    wait = b"%d" % quarantine_ms
+    return b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
+        _ACQUIRE_HEAD,
+        len(key),
+        key,
+        len(marker),
+        marker,
+        len(token),
+        token,
+        len(ttl),
+        ttl,
+        len(wait),
+        wait,
     )
 
 
@@ -256,6 +283,7 @@ def _ignore(reply: object) -> None:
 _LOAD_SCRIPTS: list[Setup] = [
     ("SCRIPT LOAD", encode_command(("SCRIPT", "LOAD", script)), _ignore)
     for script in (
+        _scripts.ACQUIRE,
         _scripts.RELEASE,
         _scripts.RELEASE_QUIET,
         _scripts.EXTEND,
@@ -269,11 +297,14 @@ class _Conn(asyncio.Protocol):
     order as replies arrive.
 
     The FIFO holds a future per request, or ``None`` for a set-up command
-    (AUTH, SELECT, INFO, ...), whose label and reply handler are in ``_setup``.
+    (AUTH, SELECT, SCRIPT LOAD, ...), whose label and reply handler are in
+    ``_setup``.
     """
 
     __slots__ = (
         "_corked",
+        "_gates",
+        "_later",
         "_loading",
         "_loop",
         "_node",
@@ -285,6 +316,7 @@ class _Conn(asyncio.Protocol):
         "failure",
         "lost",
         "read_at",
+        "ready",
         "received",
     )
 
@@ -308,18 +340,40 @@ class _Conn(asyncio.Protocol):
         self.read_at = 0.0
         #: Resolves when the transport is closed for good (its socket released).
         self.lost: asyncio.Future[None] = loop.create_future()
+        #: Resolves once every required set-up command has succeeded: only
+        #: then may a request be written (see :meth:`set_up`).
+        self.ready: asyncio.Future[None] = loop.create_future()
+        # Required set-up commands not yet answered, and the set-up commands
+        # held back until AUTH is answered.
+        self._gates = 0
+        self._later: list[Setup] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # Any transport of the running loop: asyncio's, uvloop's (whose
+        # classes are not asyncio.Transport subclasses) or an SSL one.
+        self._transport = transport  # type: ignore[assignment]
         self._node._conns.add(self)
 
     def set_up(self, commands: list[Setup]) -> None:
-        """Write the set-up commands, before any request."""
-        for label, payload, handler in commands:
+        """Write the set-up commands; :attr:`ready` resolves once the required
+        ones (handler ``None``: AUTH, SELECT, CLIENT SETNAME) have succeeded.
+
+        Nothing is written after AUTH until its reply is in: a command
+        pipelined behind a failed AUTH would run as the server's default user
+        (a SET on a server whose default user needs no password)."""
+        self._gates = sum(1 for _, _, handler in commands if handler is None)
+        if not self._gates:
+            self.ready.set_result(None)
+        self._write_set_up(commands)
+
+    def _write_set_up(self, commands: list[Setup]) -> None:
+        for k, (label, payload, handler) in enumerate(commands):
             self._write(payload)
             self._waiters.append(None)
             self._setup.append((label, handler))
+            if label == "AUTH":
+                self._later = commands[k + 1 :]
+                return
 
     @property
     def name(self) -> str:
@@ -363,8 +417,21 @@ class _Conn(asyncio.Protocol):
     def uncork(self) -> None:
         """Send the writes held since the first of this turn."""
         corked, self._corked = self._corked, None
-        if corked and self._transport is not None and self.failure is None:
-            self._transport.write(b"".join(corked))
+        if corked and self.usable():
+            self._transport.write(b"".join(corked))  # type: ignore[union-attr]
+
+    def usable(self) -> bool:
+        """Whether requests may still be written. Not once the connection
+        failed, nor once its transport is closing: asyncio saw a write error
+        and will call :meth:`connection_lost` later, and a write meanwhile is
+        lost (and logged by asyncio as "socket.send() raised exception")."""
+        if self.failure is not None:
+            return False
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            return True
+        self.fail(ConnectionError, f"connection to {self._node.name} lost")
+        return False
 
     def _reload(self, fut: Reply) -> None:
         """Load ``fut``'s script (the node answered NOSCRIPT) and write the
@@ -429,6 +496,12 @@ class _Conn(asyncio.Protocol):
                 )
             return False
         if not isinstance(reply, Exception):
+            if label == "AUTH":
+                later, self._later = self._later, []
+                self._write_set_up(later)
+            self._gates -= 1
+            if not self._gates and not self.ready.done():
+                self.ready.set_result(None)
             return False
         name = self._node.name
         if label == "AUTH":
@@ -461,6 +534,9 @@ class _Conn(asyncio.Protocol):
             return
         self.failure = (exc_type, message)
         self._node._forget(self)
+        if not self.ready.done():
+            self.ready.set_exception(exc_type(message))
+            self.ready.exception()  # retrieved: the opener may be gone
         waiters, self._waiters = self._waiters, deque()
         for fut in waiters:
             if fut is not None and not fut.done():
@@ -490,10 +566,12 @@ class MuxNode:
     """A :class:`~redlock_aio._node.Node` on one multiplexed connection, written
     by hand in RESP and read with hiredis.
 
-    Connects lazily; concurrent first requests share one connect. AUTH, SELECT
-    and CLIENT SETNAME are pipelined right after connecting, ahead of any
-    request. The scripts run by EVALSHA and are loaded again transparently after
-    NOSCRIPT (a ``SCRIPT FLUSH`` or a restart).
+    Connects lazily; concurrent first requests share one connect. AUTH is sent
+    first and alone; SELECT, CLIENT SETNAME and the scripts' SCRIPT LOAD follow
+    once it has succeeded, and no request is written before every one of them
+    has (a failed AUTH or SELECT closes the connection). The scripts run by
+    EVALSHA and are loaded again transparently after NOSCRIPT (a ``SCRIPT
+    FLUSH`` or a restart).
 
     Error replies raise what redis-py raises for them (a ``ResponseError``
     subclass such as ``NoScriptError``, ``ReadOnlyError``, ``OutOfMemoryError``;
@@ -501,14 +579,12 @@ class MuxNode:
     ``redis.exceptions.ConnectionError``. Messages name the node, never a
     password.
 
-    Every new connection also asks ``INFO server`` (and, until answered once,
-    ``CONFIG GET maxmemory-policy``) for :attr:`facts`: the server's start time
-    drives the restart quarantine. Those replies come before any request's, so
-    a request's answer is never vetted against stale facts.
+    Until answered once, a new connection also asks ``CONFIG GET
+    maxmemory-policy`` for :attr:`facts` (a warning if keys may be evicted).
 
     Build one with :meth:`from_url`. :meth:`aclose` is final and idempotent.
 
-    :ivar facts: what the server said about itself on the latest connection.
+    :ivar facts: what the server said about itself.
     :ivar connects: connections opened so far (for tests and monitoring).
     """
 
@@ -519,6 +595,7 @@ class MuxNode:
         "_connecting",
         "_conns",
         "_host",
+        "_opening",
         "_path",
         "_port",
         "_setup",
@@ -573,13 +650,13 @@ class MuxNode:
             self._setup.append(("CLIENT SETNAME", setname, None))
         if db != 0:
             self._setup.append((f"SELECT {db}", encode_command(("SELECT", db)), None))
-        self._setup.append(("INFO server", _INFO_SERVER, self._saw_info))
         # The scripts, loaded up front: no request pays a NOSCRIPT round trip,
         # and no burst of them gets NOSCRIPT together on a fresh node.
         self._setup += _LOAD_SCRIPTS
         self._conn: _Conn | None = None
         self._conns: set[_Conn] = set()
         self._connecting: asyncio.Task[_Conn] | None = None
+        self._opening: _Conn | None = None
         self._closed = False
         self._channels: Channels | None = None
         self.connects = 0
@@ -611,21 +688,27 @@ class MuxNode:
                 )
             query[key] = values[0]
         scheme = parts.scheme.lower()
-        # describe_url has validated the host, port and db.
+        # describe_url has validated the host, port and db, with the same helpers.
+        db = url_db(parts)
         if scheme == "unix":
             path: str | None = unquote(parts.path)
-            host, port, db = "localhost", 6379, int(query.get("db") or 0)
+            host, port = "localhost", DEFAULT_PORT
         else:
             path = None
             host = unquote(parts.hostname or "")
-            port = parts.port or 6379
-            db = int(query.get("db") or parts.path.strip("/") or 0)
+            port = url_port(parts)
         username = unquote(parts.username) if parts.username else query.get("username")
         password = unquote(parts.password) if parts.password else query.get("password")
         tls = scheme == "rediss"
         if not tls and any(key in _SSL_PARAMS for key in query):
             raise ConfigurationError(
                 f"node URL for {name}: ssl_* parameters need a rediss:// URL"
+            )
+        client_name = query.get("client_name")
+        if client_name is not None and not _CLIENT_NAME.fullmatch(client_name):
+            raise ConfigurationError(
+                f"node URL for {name}: client_name must be printable ASCII with no "
+                f"spaces (the server refuses others), got {client_name!r}"
             )
         return cls(
             host=host,
@@ -634,7 +717,7 @@ class MuxNode:
             db=db,
             username=username or None,
             password=password,
-            client_name=query.get("client_name"),
+            client_name=client_name,
             ssl_context=_ssl_context(name, query) if tls else None,
             name=name,
             identity=identity,
@@ -644,6 +727,15 @@ class MuxNode:
 
     async def set_nx(self, key: bytes, token: bytes, ttl_ms: int) -> bool:
         return await self._call(set_nx_payload(key, token, ttl_ms)) == _OK
+
+    async def acquire(
+        self, key: bytes, token: bytes, ttl_ms: int, marker: bytes, quarantine_ms: int
+    ) -> object:
+        payload = acquire_payload(key, token, ttl_ms, marker, quarantine_ms)
+        return await self._call(payload, _scripts.ACQUIRE)
+
+    async def init_marker(self, marker: bytes) -> None:
+        await self._call(encode_command(("SET", marker, "0")))
 
     async def release(self, key: bytes, token: bytes, *, notify: bool = True) -> bool:
         payload = release_payload(key, token, notify)
@@ -684,12 +776,6 @@ class MuxNode:
         for conn in conns:
             await asyncio.shield(conn.lost)
 
-    @property
-    def started_at(self) -> float | None:
-        """When the server started (:func:`time.monotonic`), learned on the
-        latest connection; ``None`` before the first."""
-        return self.facts.started_at
-
     def __repr__(self) -> str:
         return f"MuxNode({self.name})"
 
@@ -712,7 +798,7 @@ class MuxNode:
         with the future as soon as it is done (see :class:`Reply`).
         """
         conn = self._conn
-        if conn is None or self._closed:
+        if conn is None or self._closed or not conn.usable():
             return None
         if (
             after is not None
@@ -724,8 +810,13 @@ class MuxNode:
 
     async def _call(self, payload: bytes, script: str | None = None) -> object:
         conn = self._conn
-        if conn is None:
+        if conn is None or not conn.usable():
             conn = await self._connect()
+        elif conn._loop is not asyncio.get_running_loop():
+            raise RedlockError(
+                f"{self.name}: this node's connection belongs to another event "
+                "loop; create one client per event loop"
+            )
         # Cancelling this task cancels the Reply, which tells the connection.
         return await conn.send(payload, script)
 
@@ -743,6 +834,17 @@ class MuxNode:
             conn = await asyncio.shield(task)
         except ConnectionError as exc:  # one exception object per waiter
             raise type(exc)(str(exc)) from exc.__cause__
+        except asyncio.CancelledError:
+            # A waiter timed out: a connection still waiting for its first set-up
+            # reply (AUTH) is stuck, as in _Conn.cancelled.
+            opening = self._opening
+            if opening is not None and not opening.received:
+                opening.fail(
+                    ConnectionError,
+                    f"connection to {self.name} aborted: no reply to its set-up "
+                    "(AUTH, SELECT) within the per-node timeout",
+                )
+            raise
         if conn.failure is not None:  # lost before this caller resumed
             exc_type, message = conn.failure
             raise exc_type(message)
@@ -775,8 +877,18 @@ class MuxNode:
         if not self.facts.eviction_checked:
             setup = [*setup, ("CONFIG GET", _CONFIG_GET_POLICY, self._saw_policy)]
         conn.set_up(setup)
-        self._conn = conn
         self.connects += 1
+        if not conn.ready.done():
+            # AUTH (or SELECT) first: no request before it has succeeded.
+            self._opening = conn
+            try:
+                await conn.ready
+            except asyncio.CancelledError:
+                conn.fail(ConnectionError, f"{self.name}: the node was closed")
+                raise ConnectionError(f"{self.name}: the node was closed") from None
+            finally:
+                self._opening = None
+        self._conn = conn
         return conn
 
     async def _create(self, factory: Callable[[], _P]) -> _P:
@@ -832,12 +944,6 @@ class MuxNode:
     def unsubscribe(self, channel: bytes, callback: Callable[[bytes], None]) -> None:
         if self._channels is not None:
             self._channels.unsubscribe(channel, callback)
-
-    def _saw_info(self, reply: object) -> None:
-        if isinstance(reply, bytes):
-            self.facts.saw_info(reply)
-        else:  # INFO renamed or denied by ACL: the quarantine cannot apply
-            logger.debug("node %s: cannot read INFO server: %s", self.name, reply)
 
     def _saw_policy(self, reply: object) -> None:
         if isinstance(reply, ResponseError):  # CONFIG renamed or denied by ACL

@@ -18,6 +18,8 @@ import pytest
 from redlock_aio import AsyncRedlock
 from redlock_aio.testing import LocalCluster, RedisServerNotFound, find_redis_server
 
+from .integration.helpers import lock_keys, mark_intact
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
 
@@ -132,13 +134,14 @@ def _cluster5(redis_binary: str) -> Iterator[LocalCluster]:
 
 
 def _clean(cluster: LocalCluster) -> Iterator[LocalCluster]:
-    """Whole and empty before the test; whole again, and checked for keys the
-    test left behind, after it."""
+    """Whole and empty (but for the marker keys) before the test; whole again,
+    and checked for keys the test left behind, after it."""
     cluster.heal()
     cluster.flushall()
+    mark_intact(cluster)
     yield cluster
     cluster.heal()
-    left = cluster.dbsize()
+    left = lock_keys(cluster)
     cluster.flushall()
     assert left == [0] * len(cluster), f"keys left behind on the nodes: {left}"
 
@@ -158,13 +161,9 @@ def cluster5(_cluster5: LocalCluster) -> Iterator[LocalCluster]:
 @pytest.fixture
 async def redlock(cluster: LocalCluster) -> AsyncIterator[AsyncRedlock]:
     """An AsyncRedlock over the 3 nodes, with settings generous enough for a
-    loaded 2-core machine: TTL 5 s, per-node timeout 1 s, no restart quarantine."""
+    loaded 2-core machine: TTL 5 s, per-node timeout 1 s, and the default
+    restart quarantine (the nodes' markers are set: see :func:`mark_intact`)."""
     async with AsyncRedlock(
-        cluster.urls,
-        ttl=5.0,
-        node_timeout=1.0,
-        retry_delay=0.01,
-        # Nodes the suite started: no lock could predate them.
-        restart_quarantine=0,
+        cluster.urls, ttl=5.0, node_timeout=1.0, retry_delay=0.01
     ) as rl:
         yield rl

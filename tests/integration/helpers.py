@@ -8,6 +8,7 @@ import time
 from typing import TYPE_CHECKING
 
 from redlock_aio import Vote
+from redlock_aio._scripts import MARKER
 
 if TYPE_CHECKING:
     from redlock_aio import Lock
@@ -39,3 +40,22 @@ async def no_key(
             return False
         await asyncio.sleep(0.01)
     return True
+
+
+def mark_intact(cluster: LocalCluster, prefix: bytes = b"") -> None:
+    """Set every node's marker key, as ``AsyncRedlock.init_nodes`` does: nodes
+    the suite started hold every lock there is, so the restart quarantine
+    does not apply to them."""
+    for server in cluster:
+        if server.running:
+            server.command("SET", prefix + MARKER, "0")
+
+
+def lock_keys(cluster: LocalCluster) -> list[int]:
+    """Per node, how many keys it holds besides marker keys (0 if it is down)."""
+    counts = []
+    for server in cluster:
+        names = server.command("KEYS", "*") if server.running else []
+        assert isinstance(names, list)
+        counts.append(sum(not k.endswith(MARKER) for k in names))
+    return counts

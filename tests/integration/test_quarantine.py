@@ -1,6 +1,9 @@
-"""Restart quarantine: a node that restarted without its keys must not help
-grant a lock that is still held elsewhere (Redlock's "delayed restarts" rule,
-enforced on the client from each node's uptime)."""
+"""Restart quarantine: a node that lost its data (restarted without persistence,
+flushed, replaced) must not help grant a lock that is still held elsewhere
+(Redlock's "delayed restarts" rule). Each node keeps a marker key; the acquire
+script finds it missing on the first request after the loss, whatever the
+connection, and the node's yes votes then wait out the quarantine on the
+node's own clock."""
 
 from __future__ import annotations
 
@@ -10,10 +13,10 @@ import logging
 import pytest
 
 from redlock_aio import AsyncRedlock, Lock, LockNotAcquired, Vote
-from redlock_aio._node import parse_info
-from redlock_aio.testing import LocalCluster, RedisServer, free_port
+from redlock_aio._scripts import MARKER
+from redlock_aio.testing import LocalCluster, free_port
 
-from .helpers import settle
+from .helpers import mark_intact, settle
 
 pytestmark = pytest.mark.integration
 
@@ -26,10 +29,7 @@ def unreachable() -> str:
 async def hold_on_a_and_b(cluster: LocalCluster) -> tuple[AsyncRedlock, Lock]:
     """A holder that reaches nodes A and B only, holding the lock on both."""
     holder = AsyncRedlock(
-        [cluster.urls[0], cluster.urls[1], unreachable()],
-        ttl=30.0,
-        node_timeout=1.0,
-        restart_quarantine=0,
+        [cluster.urls[0], cluster.urls[1], unreachable()], ttl=30.0, node_timeout=1.0
     )
     lock = await holder.acquire("r", blocking=False)
     await settle(lock)
@@ -38,53 +38,89 @@ async def hold_on_a_and_b(cluster: LocalCluster) -> tuple[AsyncRedlock, Lock]:
     return holder, lock
 
 
+def contender(cluster: LocalCluster, **kwargs: object) -> AsyncRedlock:
+    """A client that reaches B and C only (B is the node that restarts)."""
+    return AsyncRedlock(
+        [unreachable(), cluster.urls[1], cluster.urls[2]],
+        ttl=30.0,
+        node_timeout=1.0,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
 async def test_without_quarantine_a_restarted_node_grants_a_held_lock_twice(
     cluster: LocalCluster,
 ) -> None:
     """The hazard itself: this test expects the violation."""
     holder, lock = await hold_on_a_and_b(cluster)
     cluster[1].restart()  # B comes back at once, empty
-    async with AsyncRedlock(
-        [unreachable(), cluster.urls[1], cluster.urls[2]],
-        ttl=30.0,
-        node_timeout=1.0,
-        restart_quarantine=0,
-    ) as contender:
-        second = await contender.acquire("r", blocking=False)
+    async with contender(cluster, restart_quarantine=0) as other:
+        second = await other.acquire("r", blocking=False)
         assert lock.held
         assert second.held  # two holders at once: mutual exclusion is broken
         await second.release()
     await holder.aclose()
 
 
-def uptime(server: RedisServer) -> float:
-    info = server.command("INFO", "server")
-    assert isinstance(info, bytes)
-    return float(parse_info(info)["uptime_in_seconds"])
-
-
 async def test_with_quarantine_the_restarted_node_does_not_count(
-    cluster: LocalCluster,
+    cluster: LocalCluster, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # The suite's nodes are young too: a 2 s quarantine tells the node that
-    # restarts now from the others (the default, the largest TTL in use, is
-    # covered by the unit tests).
-    await asyncio.sleep(max(0.0, 4 - uptime(cluster[2])))
     holder, lock = await hold_on_a_and_b(cluster)
     cluster[1].restart()
-    async with AsyncRedlock(
-        [unreachable(), cluster.urls[1], cluster.urls[2]],
-        ttl=30.0,
-        node_timeout=1.0,
-        restart_quarantine=2.0,
-    ) as contender:
-        with pytest.raises(LockNotAcquired, match="restart_quarantine") as info:
-            await contender.acquire("r", blocking=False)
-        votes = [o.vote for o in info.value.outcomes]
-        assert votes == [Vote.ERROR, Vote.QUARANTINED, Vote.YES]
+    with caplog.at_level(logging.WARNING, logger="redlock_aio"):
+        async with contender(cluster) as other:
+            with pytest.raises(LockNotAcquired, match="restart_quarantine") as info:
+                await other.acquire("r", blocking=False)
+            votes = [o.vote for o in info.value.outcomes]
+            assert votes == [Vote.ERROR, Vote.QUARANTINED, Vote.YES]
+            # The quarantine runs on B's clock from its first request: 30 s.
+            assert "counts in 30.0 s" in str(info.value.outcomes[1])
+    # Found once, by the first client that saw the marker missing.
+    assert caplog.text.count("has no marker key") == 1
     # The failed attempt took its keys back from B and C.
     assert cluster[1].command("GET", "r") is None
     assert cluster[2].command("GET", "r") is None
+    assert lock.held
+    await holder.aclose()
+
+
+async def test_a_user_without_info_still_gets_the_quarantine(
+    cluster: LocalCluster,
+) -> None:
+    """A least-privilege ACL user (no INFO, no CONFIG) once turned the
+    quarantine off: the restart was judged from INFO's uptime."""
+    holder, lock = await hold_on_a_and_b(cluster)
+    cluster[1].restart()
+    user = ["~*", "&*", "+@all", "-info", "-config"]
+    for server in cluster:
+        server.command("ACL", "SETUSER", "locker", "on", ">pw", *user)
+    urls = [u.replace("redis://", "redis://locker:pw@") for u in cluster.urls]
+    async with AsyncRedlock(
+        [unreachable(), urls[1], urls[2]], ttl=30.0, node_timeout=1.0
+    ) as other:
+        with pytest.raises(LockNotAcquired) as info:
+            await other.acquire("r", blocking=False)
+        assert [o.vote for o in info.value.outcomes][1] is Vote.QUARANTINED
+    assert lock.held
+    await holder.aclose()
+    for server in cluster:
+        server.command("ACL", "DELUSER", "locker")
+
+
+async def test_a_restart_is_seen_on_a_connection_that_survives_it(
+    cluster: LocalCluster,
+) -> None:
+    """The marker is checked on every acquire, not when a connection opens: a
+    client whose connection was made before the node lost its data (behind a
+    pooling proxy, the connection to the client is kept) still sees it."""
+    holder, lock = await hold_on_a_and_b(cluster)
+    async with contender(cluster) as other:
+        with pytest.raises(LockNotAcquired):  # connected; held by the holder
+            await other.acquire("r", blocking=False)
+        cluster[1].command("FLUSHALL")  # B loses its data, the connection stays
+        with pytest.raises(LockNotAcquired) as info:
+            await other.acquire("r", blocking=False)
+        assert [o.vote for o in info.value.outcomes][1] is Vote.QUARANTINED
     assert lock.held
     await holder.aclose()
 
@@ -105,18 +141,18 @@ async def test_a_node_counts_again_once_the_quarantine_is_over(
     cluster[0].command("DEL", "r")
 
 
-async def test_a_restart_seen_by_a_running_client_is_logged(
-    cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+async def test_init_nodes_spares_new_nodes_the_quarantine(
+    cluster: LocalCluster,
 ) -> None:
-    async with AsyncRedlock(
-        cluster.urls, ttl=5.0, node_timeout=1.0, restart_quarantine=0
-    ) as rl:
-        await (await rl.acquire("r")).release()
-        cluster[2].restart()
-        with caplog.at_level(logging.WARNING, logger="redlock_aio"):
-            lock = await rl.acquire("r")
-            await lock.release()
-    assert "restarted" in caplog.text
+    cluster.flushall()  # no marker anywhere: a new deployment
+    async with AsyncRedlock(cluster.urls, ttl=30.0, key_prefix="app:") as rl:
+        with pytest.raises(LockNotAcquired, match="restart_quarantine"):
+            await rl.acquire("r", blocking=False)
+        outcomes = await rl.init_nodes()
+        assert [o.vote for o in outcomes] == [Vote.YES] * 3
+        assert [s.command("GET", b"app:" + MARKER) for s in cluster] == [b"0"] * 3
+        await (await rl.acquire("r", blocking=False)).release()
+    mark_intact(cluster)
 
 
 async def test_eviction_policy_other_than_noeviction_warns_once(
@@ -125,9 +161,7 @@ async def test_eviction_policy_other_than_noeviction_warns_once(
     cluster[0].command("CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
     try:
         with caplog.at_level(logging.WARNING, logger="redlock_aio"):
-            async with AsyncRedlock(
-                cluster.urls, ttl=5.0, node_timeout=1.0, restart_quarantine=0
-            ) as rl:
+            async with AsyncRedlock(cluster.urls, ttl=5.0, node_timeout=1.0) as rl:
                 for _ in range(3):
                     await (await rl.acquire("r")).release()
     finally:

@@ -35,7 +35,9 @@ class FakeNode:
     store: dict[bytes, tuple[bytes, float]] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
     closed: bool = False
-    started_at: float | None = None
+    #: Marker keys (server time in ms as bytes, or b"0"). ``None``: a node
+    #: initialised for every key prefix; ``lose_data()`` makes it ``{}``.
+    markers: dict[bytes, bytes] | None = None
 
     @property
     def identity(self) -> str:
@@ -65,6 +67,37 @@ class FakeNode:
             return False
         self.store[key] = (token, self.clock() + ttl_ms / 1000)
         return True
+
+    async def acquire(
+        self, key: bytes, token: bytes, ttl_ms: int, marker: bytes, quarantine_ms: int
+    ) -> object:
+        """The acquire script (``_scripts.ACQUIRE``), on the fake clock."""
+        await self._serve("set")
+        now = round(self.clock() * 1000)
+        markers = self.markers
+        since = b"0" if markers is None else markers.get(marker)
+        wait, fresh = 0, 0
+        if since != b"0":
+            start = None if since is None else int(since)
+            if start is None or start > now:
+                fresh = int(since is None)
+                start = now
+                markers[marker] = b"%d" % now  # type: ignore[index]
+            wait = start + quarantine_ms - now
+        if self.get(key) is not None:
+            return 0
+        self.store[key] = (token, self.clock() + ttl_ms / 1000)
+        return [wait, fresh] if wait > 0 else 1
+
+    async def init_marker(self, marker: bytes) -> None:
+        await self._serve("init")
+        if self.markers is not None:
+            self.markers[marker] = b"0"
+
+    def lose_data(self) -> None:
+        """A restart without persistence: every key and marker is gone."""
+        self.store.clear()
+        self.markers = {}
 
     async def release(self, key: bytes, token: bytes, *, notify: bool = True) -> bool:
         await self._serve("release")

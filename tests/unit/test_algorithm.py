@@ -4,12 +4,12 @@ arithmetic, quorum decisions, cleanup, extension and loss, with no sockets."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
 from redlock_aio import (
     AsyncRedlock,
+    ConfigurationError,
     ExtendError,
     Lock,
     LockLost,
@@ -301,27 +301,65 @@ async def test_manual_release_inside_a_block_is_fine() -> None:
 async def test_restart_quarantine_defaults_to_the_largest_ttl_in_use() -> None:
     clock = FakeClock()
     nodes = fake_nodes(3, clock)
-    now = time.monotonic()
-    nodes[0].started_at = now - 100  # long up
-    nodes[1].started_at = now - 100
-    nodes[2].started_at = now - 20  # restarted 20 s ago
     async with make(nodes, clock, ttl=10.0) as rl:
-        lock = await rl.acquire("r")  # 20 s > 10 s: counts
-        await lock.release()
-        nodes[1].started_at = now  # restarted just now
-        # With a 30 s TTL in use, a node up 20 s is still quarantined.
+        await (await rl.acquire("r", ttl=30.0)).release()  # 30 s is now in use
+        nodes[1].lose_data()
+        nodes[2].lose_data()
         with pytest.raises(LockNotAcquired, match="restart_quarantine") as info:
-            await rl.acquire("r", ttl=30.0, blocking=False)
+            await rl.acquire("r", blocking=False)
         votes = [o.vote for o in info.value.outcomes]
         assert votes == [Vote.YES, Vote.QUARANTINED, Vote.QUARANTINED]
+        assert "counts in 30.0 s" in str(info.value.outcomes[1])
+        clock.advance(29.0)  # the nodes' own clock: 1 s of quarantine left
+        with pytest.raises(LockNotAcquired, match=r"counts in 1\.0 s"):
+            await rl.acquire("r", blocking=False)
+        clock.advance(1.0)
+        await (await rl.acquire("r", blocking=False)).release()
     assert all(not n.store for n in nodes)
+
+
+async def test_a_node_whose_clock_went_back_restarts_its_quarantine() -> None:
+    clock = FakeClock()
+    nodes = fake_nodes(3, clock)
+    async with make(nodes, clock, ttl=10.0, restart_quarantine=5.0) as rl:
+        for node in nodes[1:]:
+            node.lose_data()
+            node.markers = {b"__redlock__:marker": b"%d" % (clock() * 1000 + 10**9)}
+        with pytest.raises(LockNotAcquired) as info:
+            await rl.acquire("r", blocking=False)
+        # Not 10**6 s of quarantine: it counts from the node's present.
+        assert "counts in 5.0 s" in str(info.value.outcomes[1])
 
 
 async def test_restart_quarantine_zero_counts_every_node() -> None:
     clock = FakeClock()
-    nodes = fake_nodes(3, clock, started_at=time.monotonic())
+    nodes = fake_nodes(3, clock)
+    for node in nodes:
+        node.lose_data()
     async with make(nodes, clock, restart_quarantine=0) as rl:
         await (await rl.acquire("r")).release()
+    assert [n.calls for n in nodes] == [["set", "release"]] * 3
+
+
+async def test_init_nodes_spares_a_new_deployment_the_quarantine() -> None:
+    clock = FakeClock()
+    nodes = fake_nodes(3, clock)
+    for node in nodes:
+        node.lose_data()
+    async with make(nodes, clock, key_prefix="app:") as rl:
+        with pytest.raises(LockNotAcquired, match="restart_quarantine"):
+            await rl.acquire("r", blocking=False)
+        outcomes = await rl.init_nodes()
+        assert [o.vote for o in outcomes] == [Vote.YES] * 3
+        assert all(n.markers == {b"app:__redlock__:marker": b"0"} for n in nodes)
+        await (await rl.acquire("r", blocking=False)).release()
+
+
+async def test_the_marker_key_is_not_a_resource() -> None:
+    clock = FakeClock()
+    async with make(fake_nodes(3, clock), clock) as rl:
+        with pytest.raises(ConfigurationError, match="marker key"):
+            await rl.acquire("__redlock__:marker")
 
 
 async def test_a_shorter_extend_shortens_the_validity() -> None:

@@ -280,7 +280,9 @@ async def test_without_auto_extension_the_block_is_cancelled_at_the_deadline() -
         assert rl._extender is None
 
 
-async def test_a_quarantined_node_does_not_count() -> None:
+async def test_nodes_that_lost_their_data_lose_the_lock() -> None:
+    """An extension is never quarantined: a node that lost its data has lost
+    the key too, so it answers no, and a quorum of no loses the lock."""
     clock = FakeClock()
     nodes = nodes_on(clock)
     votes: list[Vote] = []
@@ -288,19 +290,16 @@ async def test_a_quarantined_node_does_not_count() -> None:
     def on_lost(lock: Lock) -> None:
         votes.extend(o.vote for o in lock.outcomes)
 
-    rl = make(nodes, clock, ttl=1.0, node_timeout=0.05, restart_quarantine=3600)
+    rl = make(nodes, clock, ttl=1.0, node_timeout=0.05)
     async with rl:
         holders = Holders(rl, 1, on_lost=on_lost)
         await holders.entered()
-        # Nodes 1 and 2 restart (with their keys, say): their yes must wait.
-        nodes[1].started_at = nodes[2].started_at = time.monotonic()
-        nodes[0].delay = 0.04  # each attempt moves the clock 40 ms
+        nodes[1].lose_data()
+        nodes[2].lose_data()
         [result] = await holders.results()
         assert isinstance(result, LockLost)
-        assert "no quorum extended it" in str(result)
-        assert votes == [Vote.YES, Vote.QUARANTINED, Vote.QUARANTINED]
-        nodes[0].delay = 0.0
-        nodes[1].started_at = nodes[2].started_at = None
+        assert "gone or taken on 2 of 3 nodes" in str(result)
+        assert votes[1:] == [Vote.NO, Vote.NO]
 
 
 @dataclass

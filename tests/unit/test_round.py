@@ -15,7 +15,6 @@ class PostingNode:
     """A node that answers posted requests on the next loop turn, or never
     (``hang``)."""
 
-    started_at = None
     reply_type: type[asyncio.Future[Any]] = asyncio.Future
 
     def __init__(self, name: str, hang: bool = False) -> None:
