@@ -18,6 +18,10 @@ DEFAULT_DRIFT_FACTOR = 0.01
 #: capped: a lock held for days should not wait minutes on a dead node.
 NODE_TIMEOUT_FACTOR = 0.05
 NODE_TIMEOUT_CAP = 1.0
+#: The longest duration any argument may give, in seconds (about 31.7 years).
+#: A TTL in ms stays far below what every Redis 6.2+ / Valkey accepts for PX and
+#: PEXPIRE (LLONG_MAX - now), and every timer far inside what event loops take.
+MAX_SECONDS = 10**9
 
 
 class Terms(NamedTuple):
@@ -79,11 +83,13 @@ class Settings:
                 f"retry_delay_max ({self.retry_delay_max}) must be >= retry_delay "
                 f"({self.retry_delay})"
             )
-        non_negative("retry_jitter", self.retry_jitter)
-        if self.retry_jitter > 1:
+        jitter = number("retry_jitter", self.retry_jitter)
+        if jitter < 0:
+            raise ConfigurationError(f"retry_jitter must be >= 0, got {jitter!r}")
+        if jitter > 1:
             raise ConfigurationError(
                 f"retry_jitter must be in [0, 1] (a share of each delay), "
-                f"got {self.retry_jitter}"
+                f"got {jitter!r}"
             )
 
     def terms(self, ttl: float) -> Terms:
@@ -106,28 +112,69 @@ class Settings:
 
 
 def number(name: str, value: object) -> float:
+    """``value`` as a float: an int or float (not a bool) that is finite. An int
+    too large for a float counts as infinite."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigurationTypeError(
             f"{name} must be a number of seconds (int or float), got "
-            f"{type(value).__name__} {value!r}"
+            f"{type(value).__name__} {show(value)}"
         )
-    if not math.isfinite(value):
-        raise ConfigurationError(f"{name} must be finite, got {value!r}")
-    return float(value)
+    try:
+        v = float(value)
+    except OverflowError:
+        v = math.inf
+    if not math.isfinite(v):
+        raise ConfigurationError(f"{name} must be finite, got {show(value)}")
+    return v
+
+
+def seconds(name: str, value: object) -> float:
+    """A finite number of seconds of at most :data:`MAX_SECONDS`."""
+    v = number(name, value)
+    if v > MAX_SECONDS:
+        raise ConfigurationError(
+            f"{name} must be at most {MAX_SECONDS:,} seconds (about 31 years), "
+            f"got {show(value)}"
+        )
+    return v
 
 
 def positive(name: str, value: object) -> float:
-    v = number(name, value)
-    if v <= 0:
-        raise ConfigurationError(f"{name} must be > 0 seconds, got {value!r}")
-    return v
+    return _in_range(name, value, zero_allowed=False)
 
 
 def non_negative(name: str, value: object) -> float:
-    v = number(name, value)
-    if v < 0:
-        raise ConfigurationError(f"{name} must be >= 0, got {value!r}")
+    return _in_range(name, value, zero_allowed=True)
+
+
+def _in_range(name: str, value: object, *, zero_allowed: bool) -> float:
+    """Seconds in [0, MAX_SECONDS], or (0, MAX_SECONDS] without zero."""
+    v = seconds(name, value)
+    if v < 0 or (v == 0 and not zero_allowed):
+        sign = ">=" if zero_allowed else ">"
+        raise ConfigurationError(
+            f"{name} must be {sign} 0 seconds (and at most {MAX_SECONDS:,}), "
+            f"got {show(value)}"
+        )
     return v
+
+
+def flag(name: str, value: object) -> bool:
+    """A bool argument: ``"no"`` or ``0`` must not silently mean yes or no."""
+    if not isinstance(value, bool):
+        raise ConfigurationTypeError(
+            f"{name} must be True or False, got {type(value).__name__} {show(value)}"
+        )
+    return value
+
+
+def optional_callable(name: str, value: object) -> None:
+    """A callback argument: None or something callable."""
+    if value is not None and not callable(value):
+        raise ConfigurationTypeError(
+            f"{name} must be a callable or None, got {type(value).__name__} "
+            f"{show(value)}"
+        )
 
 
 def check_ttl(ttl: object, drift_factor: float) -> float:
@@ -158,7 +205,10 @@ def check_timeout(timeout: object) -> float | None:
 def show(resource: object, limit: int = 80) -> str:
     """``repr(resource)`` cut to ``limit`` characters: a 1 MB resource must not
     make a 1 MB error message or log line."""
-    text = repr(resource)
+    try:
+        text = repr(resource)
+    except Exception:  # noqa: BLE001 (an int of over 4300 digits; any failing repr)
+        return f"<{type(resource).__name__} that cannot be shown>"
     if len(text) <= limit:
         return text
     return f"{text[: limit - 20]}...({len(text)} chars)"
@@ -182,13 +232,25 @@ def key_for(prefix: bytes, resource: object) -> bytes:
 
 
 def check_prefix(prefix: object) -> bytes:
+    """The key prefix as bytes, encoded like a resource (str as UTF-8 with lone
+    surrogates passed through; bytes-like as given); it may be empty."""
     if isinstance(prefix, str):
-        return prefix.encode()
-    if isinstance(prefix, bytes):
-        return prefix
+        return prefix.encode("utf-8", "surrogatepass")
+    if isinstance(prefix, (bytes, bytearray, memoryview)):
+        return bytes(prefix)
     raise ConfigurationTypeError(
         f"key_prefix must be str or bytes, got {type(prefix).__name__}"
     )
+
+
+def check_clock(clock: object) -> None:
+    """The ``clock`` argument: None (for :func:`time.monotonic`) or a function
+    returning monotonic seconds; ``clock=0`` must not silently mean the default."""
+    if clock is not None and not callable(clock):
+        raise ConfigurationTypeError(
+            f"clock must be a function returning monotonic seconds, or None for "
+            f"time.monotonic; got {type(clock).__name__} {show(clock)}"
+        )
 
 
 def check_node_list(nodes: object) -> Sequence[object]:

@@ -10,6 +10,7 @@ protocol.
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import parse_qs, unquote_plus, urlsplit
 
@@ -205,27 +206,25 @@ def host_identity(host: str) -> str:
 
 
 def _redact(url: str) -> str:
-    """The URL with any password (in the user info or as ``?password=``)
-    replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-        items = parts.query.split("&")
-        if parts.password is None and not any(map(_is_password, items)):
-            return url
-        if parts.password is not None:
-            netloc = parts.netloc.rsplit("@", 1)[1]
-            user = parts.username or ""
-            parts = parts._replace(netloc=f"{user}:***@{netloc}")
-        hidden = ["password=***" if _is_password(item) else item for item in items]
-        return parts._replace(query="&".join(hidden)).geturl()
-    except ValueError:
-        return "<unparsable URL>"
+    """The URL as a message may show it: the user info (all up to the last
+    ``@``, since a password may hold an unescaped ``/``, ``?`` or ``#``) and the
+    value of any ``password=`` item replaced by ``***``, and no fragment."""
+    at = url.rfind("@")
+    if at >= 0:
+        slashes = url.find("//", 0, at)
+        start = slashes + 2 if slashes >= 0 else 0
+        url = f"{url[:start]}***{url[at:]}"
+    items = re.split(r"([?&])", url.split("#", 1)[0])
+    return "".join(map(_hide_password, items))
 
 
-def _is_password(item: str) -> bool:
-    """Whether a query item gives the password (its key as parse_qs reads it)."""
+def _hide_password(item: str) -> str:
+    """A query item with its value hidden if its key (as parse_qs reads it)
+    names a password."""
     key, sep, _ = item.partition("=")
-    return bool(sep) and unquote_plus(key) == "password"
+    if sep and "password" in unquote_plus(key).lower():
+        return f"{key}=***"
+    return item
 
 
 def describe_client(client: Redis) -> tuple[str, Hashable]:

@@ -336,7 +336,8 @@ async def test_password_protected_node(redis_binary: str) -> None:
 
 async def test_db_selection(cluster: LocalCluster) -> None:
     base = cluster.urls[0].rsplit("/", 1)[0]
-    for url in (f"{base}/3", f"{base}/0?db=3"):
+    # The db in the path, as ?db=, or both when they agree (they must).
+    for url in (f"{base}/3", f"{base}?db=3", f"{base}/3?db=3"):
         n = MuxNode.from_url(url)
         try:
             assert await n.set_nx(b"k", b"tok", 5000)

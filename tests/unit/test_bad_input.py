@@ -155,3 +155,190 @@ def test_bytes_and_non_utf8_resources_are_keys_as_given() -> None:
 
     assert key_for(b"p:", b"\xff\x00") == b"p:\xff\x00"
     assert key_for(b"", "é") == "é".encode()
+
+
+# -- holes found by the argument fuzz (tests/unit/test_fuzz_arguments.py) ------------
+
+HUGE = 10**309  # an int too large for a float
+DURATIONS = [
+    "ttl",
+    "node_timeout",
+    "drift_factor",
+    "retry_delay",
+    "retry_delay_max",
+    "retry_jitter",
+    "restart_quarantine",
+]
+
+
+@pytest.mark.parametrize("name", DURATIONS)
+@pytest.mark.parametrize(
+    "value", [HUGE, -HUGE, 10**5000], ids=["1e309", "-1e309", "1e5000"]
+)
+def test_an_int_too_large_for_a_float_is_not_finite(name: str, value: int) -> None:
+    kwargs: dict[str, Any] = {name: value}
+    with pytest.raises(ConfigurationError, match=f"{name} must be finite"):
+        AsyncRedlock(URLS, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"ttl": 1e17}, "ttl must be at most 1,000,000,000 seconds"),
+        ({"ttl": 10**9 + 1}, "ttl must be at most"),
+        ({"node_timeout": 1e10}, "node_timeout must be at most"),
+        ({"retry_delay_max": 1e10}, "retry_delay_max must be at most"),
+        ({"retry_delay": 1e10, "retry_delay_max": 1e10}, "retry_delay must be at"),
+        ({"restart_quarantine": 1e10}, "restart_quarantine must be at most"),
+    ],
+)
+def test_durations_have_an_upper_bound(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        AsyncRedlock(URLS, **kwargs)
+
+
+def test_the_largest_ttl_allowed_works() -> None:
+    rl = AsyncRedlock(URLS, ttl=10**9, restart_quarantine=10**9)
+    assert rl.settings.terms(rl.settings.ttl).px == 10**12
+
+
+def test_a_key_prefix_is_encoded_like_a_resource() -> None:
+    rl = AsyncRedlock(URLS, key_prefix="\ud800")
+    assert rl.settings.key_prefix == "\ud800".encode("utf-8", "surrogatepass")
+    rl = AsyncRedlock(URLS, key_prefix=bytearray(b"p:"))  # type: ignore[arg-type]
+    assert rl.settings.key_prefix == b"p:"
+
+
+@pytest.mark.parametrize("clock", [5.0, 0, "monotonic", False])
+def test_a_clock_must_be_callable(clock: object) -> None:
+    with pytest.raises(ConfigurationTypeError, match="clock must be a function"):
+        AsyncRedlock(URLS, clock=clock)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis://127.0.0.1:0", "port 0 is no server's port"),
+        ("redis://127.0.0.1:00", "port 0 is no server's port"),
+        ("redis://127.0.0.1:1/-1", "db must be a whole number from 0"),
+        ("redis://127.0.0.1:1?db=-1", "db must be a whole number from 0"),
+        ("unix:///tmp/redis.sock?db=-1", "db must be a whole number from 0"),
+        ("redis://127.0.0.1:1?db=2147483648", "db must be a whole number from 0"),
+        ("redis://127.0.0.1:1/0?db=3", "the db is given more than once, as 0 and 3"),
+        ("redis://127.0.0.1:1?db=1&db=2", "the db is given more than once"),
+        ("redis://:\ud800@127.0.0.1:1", "lone surrogate"),
+        ("redis://127.0.0.1:1?client_name=\ud800", "lone surrogate"),
+        ("unix:///tmp/\ud800", "lone surrogate"),
+        ("redis://127.0.0.1:1?client_name=a%20b", "client_name must be printable"),
+    ],
+)
+def test_bad_node_urls(url: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        AsyncRedlock([url])
+
+
+@pytest.mark.parametrize(
+    "urls",
+    [
+        ["redis://localhost:1", "redis://127.0.0.1:1"],
+        ["redis://127.0.0.1:1", "redis://[::1]:1"],
+        ["redis://LOCALHOST:1/2", "redis://[::1]:1?db=2"],
+        ["redis://Example.com:1", "redis://example.com:1"],
+    ],
+)
+def test_one_server_under_two_names_is_given_twice(urls: list[str]) -> None:
+    with pytest.raises(ConfigurationError, match="given twice"):
+        AsyncRedlock(urls)
+
+
+def test_a_mux_node_on_localhost_and_a_url_on_127_0_0_1_are_one_server() -> None:
+    from redlock_aio._wire import MuxNode
+
+    with pytest.raises(ConfigurationError, match="given twice"):
+        AsyncRedlock([MuxNode(host="localhost", port=1), "redis://127.0.0.1:1"])
+
+
+@pytest.mark.parametrize(
+    "urls",
+    [
+        ["redis://127.0.0.1:1", "redis://127.0.0.2:1"],
+        ["redis://localhost:1", "redis://localhost:1/1"],
+        ["redis://localhost:1", "redis://localhost:2"],
+    ],
+)
+def test_other_servers_are_distinct(urls: list[str]) -> None:
+    assert len(AsyncRedlock(urls).nodes) == len(urls)
+
+
+@pytest.mark.parametrize(
+    ("url", "port", "db"),
+    [
+        ("redis://127.0.0.1", 6379, 0),
+        ("redis://127.0.0.1:7/3?db=3", 7, 3),
+        ("redis://127.0.0.1:7?db=%35", 7, 5),
+        ("redis://127.0.0.1:7//4/", 7, 4),
+        ("rediss://127.0.0.1:7/2?ssl_cert_reqs=none", 7, 2),
+        ("unix:///tmp/redis.sock?db=6", 6379, 6),
+    ],
+)
+def test_describe_url_and_mux_node_agree(url: str, port: int, db: int) -> None:
+    from redlock_aio._node import describe_url
+    from redlock_aio._wire import MuxNode
+
+    name, identity = describe_url(url)
+    node = MuxNode.from_url(url)
+    assert (node.name, node.identity) == (name, identity)
+    assert identity[-1] == db  # type: ignore[index]
+    assert node._port == port
+    selects = [setup[0] for setup in node._setup if setup[0].startswith("SELECT")]
+    assert selects == ([f"SELECT {db}"] if db else [])
+
+
+def test_a_password_in_the_query_never_appears_in_an_error() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        AsyncRedlock(["redis://127.0.0.1:0?password=s3cret"])
+    assert "s3cret" not in str(info.value)
+    assert "password=***" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"ttl": HUGE}, "ttl must be finite"),
+        ({"ttl": 1e17}, "ttl must be at most"),
+        ({"timeout": HUGE}, "timeout must be finite"),
+        ({"timeout": 1e10}, "timeout must be at most"),
+        ({"blocking": "no"}, "blocking must be True or False"),
+        ({"blocking": 0}, "blocking must be True or False"),
+        ({"blocking": None}, "blocking must be True or False"),
+    ],
+)
+async def test_bad_acquire_and_lock_arguments(
+    kwargs: dict[str, Any], message: str
+) -> None:
+    async with AsyncRedlock(URLS) as rl:
+        with pytest.raises(ConfigurationError, match=message):
+            await rl.acquire("r", **kwargs)
+        with pytest.raises(ConfigurationError, match=message):
+            rl.lock("r", **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"auto_extend": "yes"}, "auto_extend must be True or False"),
+        ({"cancel_on_lost": 1}, "cancel_on_lost must be True or False"),
+        ({"on_lost": 5}, "on_lost must be a callable or None"),
+        ({"on_lost": "print"}, "on_lost must be a callable or None"),
+    ],
+)
+async def test_bad_lock_arguments(kwargs: dict[str, Any], message: str) -> None:
+    async with AsyncRedlock(URLS) as rl:
+        with pytest.raises(ConfigurationTypeError, match=message):
+            rl.lock("r", **kwargs)
+
+
+async def test_a_resource_too_large_to_show_is_still_a_type_error() -> None:
+    async with AsyncRedlock(URLS) as rl:
+        with pytest.raises(ConfigurationTypeError, match="resource must be str"):
+            rl.lock(10**5000)  # type: ignore[arg-type]
