@@ -7,6 +7,13 @@ node, a slow link, a reply lost after the write was applied. A
 it, so another client, direct or through its own proxy, still reaches the node
 normally.
 
+By default the proxy is transparent to connection loss: when the node closes
+its side, the client's connection is closed too. With ``reconnect_upstream``
+it is a pooling proxy instead (twemproxy, envoy, a managed service's front
+end): the client's connection is kept, each request still unanswered when the
+node went away gets an error reply, and the next request opens a new
+connection to the node, so the client never sees the node restart.
+
 Pure asyncio, in the caller's event loop: no threads, no extra dependency.
 """
 
@@ -22,6 +29,8 @@ import struct
 import time
 from typing import TYPE_CHECKING
 
+from ._resp import Framer, command_words
+
 if TYPE_CHECKING:
     from collections.abc import Coroutine
     from types import TracebackType
@@ -36,6 +45,19 @@ _CHUNK = 65536
 #: Chunks queued per direction before the proxy stops reading (TCP backpressure).
 _QUEUE_CHUNKS = 64
 _LINGER_RST = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends an RST
+#: What a pooling proxy answers to a request the node never answered...
+_LOST_REPLY = b"-ERR upstream connection lost\r\n"
+#: ... and to one it could not forward, the node being unreachable.
+_UNAVAILABLE_REPLY = b"-ERR upstream unavailable\r\n"
+_RECONNECT_INTERVAL = 0.05
+#: Commands that set up a connection: a pooling proxy sends them again (the
+#: latest of each) on each new connection to the node.
+_SETUP_COMMANDS = frozenset(
+    [(b"AUTH",), (b"HELLO",), (b"SELECT",), (b"CLIENT", b"SETNAME")]
+)
+#: Commands after which replies no longer answer requests one to one: on such
+#: a connection an upstream loss closes the client's connection.
+_SUBSCRIBING = frozenset([b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE", b"MONITOR"])
 
 
 def _loopback(what: str, host: object) -> str:
@@ -89,7 +111,16 @@ def _rst(writer: asyncio.StreamWriter) -> None:
 class _Link:
     """One client connection and its own connection to the node."""
 
-    __slots__ = ("broken", "client", "client_reader", "finished", "tasks", "upstream")
+    __slots__ = (
+        "broken",
+        "client",
+        "client_reader",
+        "finished",
+        "setup",
+        "subscribed",
+        "tasks",
+        "upstream",
+    )
 
     def __init__(
         self, client_reader: asyncio.StreamReader, client: asyncio.StreamWriter
@@ -102,6 +133,10 @@ class _Link:
         self.tasks: list[asyncio.Task[None]] = []
         #: Set once the link must end: True to close with FIN, False with RST.
         self.finished: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        #: Pooling: the client's latest setup commands, by command.
+        self.setup: dict[tuple[bytes, ...], bytes] = {}
+        #: Pooling: the client subscribed, so replies are not counted.
+        self.subscribed = False
 
     def writers(self) -> list[asyncio.StreamWriter]:
         return [w for w in (self.client, self.upstream) if w is not None]
@@ -115,6 +150,22 @@ class _Link:
         self.finish(False)
         for writer in self.writers():
             _rst(writer)
+
+
+class _Session:
+    """One connection to the node of a pooling link, and how many of the
+    requests written to it it has not answered yet."""
+
+    __slots__ = ("lost", "reader", "swallow", "unanswered", "writer")
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.unanswered = 0
+        #: Replies to the setup commands sent again: not the client's.
+        self.swallow = 0
+        #: Set when the node closed it; the reader has answered what was left.
+        self.lost = False
+        self.reader: asyncio.Task[None] | None = None
 
 
 class FaultProxy:
@@ -139,12 +190,27 @@ class FaultProxy:
     idle during a blackhole) carries on. A blackhole or dropped replies also
     hide the node's closing from the client, as a real partition would.
 
+    With ``reconnect_upstream=True`` the proxy pools, as twemproxy or envoy
+    do: the node closing a connection (a restart, ``CLIENT KILL``) does not
+    close the client's. It reads the client's stream as whole RESP commands
+    and counts the replies; each request the node did not answer gets
+    ``-ERR upstream connection lost``, in order, so a pipelining client stays
+    in step; the next request opens a new connection to the node (trying for
+    up to ``reconnect_timeout`` seconds, else ``-ERR upstream unavailable``),
+    after sending again the client's ``AUTH``, ``HELLO``, ``SELECT`` and
+    ``CLIENT SETNAME``. A client that subscribed (or ran ``MONITOR``) is
+    disconnected instead: its subscriptions are gone.
+
     Use it with ``async with``, or :meth:`start` and :meth:`aclose`.
 
     :param target_host: the node's address; loopback only.
     :param target_port: the node's port.
     :param host: address to listen on; loopback only.
     :param port: port to listen on; 0 picks a free one.
+    :param reconnect_upstream: pool: keep the client's connection when the
+        node's closes, and reconnect to the node for the next request.
+    :param reconnect_timeout: pooling: how long one request may wait for the
+        node to accept a connection again.
     :raises ValueError: a host is not a loopback address (127.0.0.0/8, ``::1``
         or ``"localhost"``, taken as ``127.0.0.1``), or a port is out of range.
         Checked before any I/O.
@@ -157,11 +223,15 @@ class FaultProxy:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
+        reconnect_upstream: bool = False,
+        reconnect_timeout: float = 10.0,
     ) -> None:
         self.target_host = _loopback("target_host", target_host)
         self.target_port = _port("target_port", target_port, lowest=1)
         self.host = _loopback("host", host)
         self._port = _port("port", port, lowest=0)
+        self.reconnect_upstream = bool(reconnect_upstream)
+        self.reconnect_timeout = _seconds(reconnect_timeout)
         self._server: asyncio.Server | None = None
         self._serving = False
         self._links: set[_Link] = set()
@@ -221,8 +291,10 @@ class FaultProxy:
             server.close()
         for link in list(self._links):
             link.abort()
-        while self._tasks:
-            tasks = list(self._tasks)
+        # Only the tasks not done: a finished task stays in _tasks until its
+        # done callback runs, and from 3.12 on gather() of finished tasks
+        # returns without yielding, so that callback would never get a turn.
+        while tasks := [t for t in self._tasks if not t.done()]:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -357,13 +429,16 @@ class FaultProxy:
     def _delay(self, direction: str) -> float:
         return self._request_delay if direction == "request" else self._reply_delay
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], link: _Link, name: str) -> None:
+    def _spawn(
+        self, coro: Coroutine[Any, Any, None], link: _Link, name: str
+    ) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(
             coro, name=f"FaultProxy:{self._port}:{name}"
         )
         link.tasks.append(task)
         self._tasks.add(task)
         task.add_done_callback(self._forget)
+        return task
 
     def _forget(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -382,50 +457,14 @@ class FaultProxy:
         self._spawn(self._serve(link), link, "link")
 
     async def _serve(self, link: _Link) -> None:
-        """Connect to the node, forward both ways until either side closes or
-        fails (or a fault ends the link), then close both sides."""
+        """Forward both ways until either side closes or fails (or a fault ends
+        the link), then close both sides."""
         graceful = False
         try:
-            try:
-                up_reader, upstream = await asyncio.open_connection(
-                    self.target_host, self.target_port
-                )
-            except OSError as exc:
-                logger.debug("%r: cannot reach the node: %s", self, exc)
-                if not self._dropping(link, "request"):
-                    return  # the client gets an RST, the nearest to a refusal
-                # Partitioned: the client must not learn that the node is down.
-                self._spawn(
-                    self._pump(link, link.client_reader, None, "request"),
-                    link,
-                    "discard",
-                )
-            else:
-                link.upstream = upstream
-                if link.finished.done():  # reset while connecting
-                    return
-                requests: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(
-                    _QUEUE_CHUNKS
-                )
-                replies: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(
-                    _QUEUE_CHUNKS
-                )
-                self._spawn(
-                    self._pump(link, link.client_reader, requests, "request"),
-                    link,
-                    "request-in",
-                )
-                self._spawn(
-                    self._drain(link, requests, upstream, "request"),
-                    link,
-                    "request-out",
-                )
-                self._spawn(
-                    self._pump(link, up_reader, replies, "reply"), link, "reply-in"
-                )
-                self._spawn(
-                    self._drain(link, replies, link.client, "reply"), link, "reply-out"
-                )
+            if self.reconnect_upstream:
+                self._pool(link)
+            elif not await self._connect(link):
+                return  # the client gets an RST
             graceful = await link.finished
         finally:
             me = asyncio.current_task()
@@ -445,25 +484,176 @@ class FaultProxy:
             finally:
                 self._links.discard(link)
 
+    async def _connect(self, link: _Link) -> bool:
+        """Connect to the node and forward chunks both ways; False if the link
+        must end now (the node refused, or a reset came while connecting)."""
+        try:
+            up_reader, upstream = await asyncio.open_connection(
+                self.target_host, self.target_port
+            )
+        except OSError as exc:
+            logger.debug("%r: cannot reach the node: %s", self, exc)
+            if not self._dropping(link, "request"):
+                return False  # an RST, the nearest to a refusal
+            # Partitioned: the client must not learn that the node is down.
+            self._spawn(
+                self._pump(link, link.client_reader, None, "request"), link, "discard"
+            )
+            return True
+        link.upstream = upstream
+        if link.finished.done():  # reset while connecting
+            return False
+        requests, replies = _queue(), _queue()
+        self._spawn(
+            self._pump(link, link.client_reader, requests, "request"),
+            link,
+            "request-in",
+        )
+        self._spawn(
+            self._drain(link, requests, upstream, "request"), link, "request-out"
+        )
+        self._spawn(self._pump(link, up_reader, replies, "reply"), link, "reply-in")
+        self._spawn(self._drain(link, replies, link.client, "reply"), link, "reply-out")
+        return True
+
+    def _pool(self, link: _Link) -> None:
+        """Forward whole commands to the node over connections opened as needed,
+        and its replies back (see the class docstring)."""
+        requests, replies = _queue(), _queue()
+        self._spawn(
+            self._pump(link, link.client_reader, requests, "request", Framer()),
+            link,
+            "request-in",
+        )
+        self._spawn(self._forward_pooled(link, requests, replies), link, "request-out")
+        self._spawn(self._drain(link, replies, link.client, "reply"), link, "reply-out")
+
     async def _pump(
         self,
         link: _Link,
         reader: asyncio.StreamReader,
         queue: asyncio.Queue[tuple[float, bytes]] | None,
         direction: str,
+        framer: Framer | None = None,
     ) -> None:
-        """Read chunks, stamp each with its due time, queue the ones not dropped;
-        queue ``b""`` at end of stream. Without a queue, drop everything."""
+        """Read chunks (whole messages, with a framer), stamp each with its due
+        time, queue the ones not dropped; queue ``b""`` at end of stream.
+        Without a queue, drop everything."""
         try:
             while data := await reader.read(_CHUNK):
-                if queue is not None and not self._dropping(link, direction):
-                    await queue.put((time.monotonic() + self._delay(direction), data))
+                for item in [data] if framer is None else framer.feed(data):
+                    if queue is not None and not self._dropping(link, direction):
+                        await queue.put(
+                            (time.monotonic() + self._delay(direction), item)
+                        )
             if queue is None:
                 link.finish(True)
             else:
                 await queue.put((time.monotonic() + self._delay(direction), b""))
         except OSError:
             link.finish(False)
+        except ValueError as exc:  # the framer: not RESP
+            logger.debug("%r: %s", self, exc)
+            link.finish(False)
+
+    async def _forward_pooled(
+        self,
+        link: _Link,
+        requests: asyncio.Queue[tuple[float, bytes]],
+        replies: asyncio.Queue[tuple[float, bytes]],
+    ) -> None:
+        """Write each request at its due time to the node's current connection;
+        open a new one when there is none, or the node closed it (once that
+        connection's unanswered requests have their error replies queued)."""
+        session: _Session | None = None
+        while True:
+            due, data = await requests.get()
+            wait = due - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if not data:
+                link.finish(True)
+                return
+            if self._dropping(link, "request"):
+                continue
+            if session is not None and (session.lost or session.writer.is_closing()):
+                assert session.reader is not None
+                await session.reader
+                session = None
+            if session is None:
+                session = await self._open_session(link, replies)
+                if session is None:
+                    await self._reply(link, replies, _UNAVAILABLE_REPLY)
+                    continue
+            _note(link, data)
+            session.unanswered += 1  # from now on a loss answers it
+            session.writer.write(data)
+            with contextlib.suppress(OSError):  # the reader sees the loss
+                await session.writer.drain()
+
+    async def _open_session(
+        self, link: _Link, replies: asyncio.Queue[tuple[float, bytes]]
+    ) -> _Session | None:
+        """A new connection to the node (tried for up to ``reconnect_timeout``),
+        the client's setup commands sent on it first; None if unreachable."""
+        deadline = time.monotonic() + self.reconnect_timeout
+        while True:
+            try:
+                reader, writer = await asyncio.open_connection(
+                    self.target_host, self.target_port
+                )
+                break
+            except OSError as exc:
+                if time.monotonic() >= deadline:
+                    logger.debug("%r: cannot reach the node: %s", self, exc)
+                    return None
+            await asyncio.sleep(_RECONNECT_INTERVAL)
+        session = _Session(writer)
+        link.upstream = writer
+        for command in link.setup.values():
+            writer.write(command)
+            session.swallow += 1
+        session.reader = self._spawn(
+            self._pump_replies(link, session, reader, replies), link, "reply-in"
+        )
+        return session
+
+    async def _pump_replies(
+        self,
+        link: _Link,
+        session: _Session,
+        reader: asyncio.StreamReader,
+        replies: asyncio.Queue[tuple[float, bytes]],
+    ) -> None:
+        """Queue the node's replies (whole messages) for the client, counting
+        them off the session's requests; once the node closed the connection,
+        answer each request left with an error (a subscribed link ends)."""
+        framer = Framer()
+        try:
+            while data := await reader.read(_CHUNK):
+                for message in framer.feed(data):
+                    if session.swallow:
+                        session.swallow -= 1
+                    else:
+                        if message[:1] != b">":  # a RESP3 push answers nothing
+                            session.unanswered -= 1
+                        await self._reply(link, replies, message)
+        except (OSError, ValueError) as exc:
+            logger.debug("%r: the connection to the node failed: %s", self, exc)
+        session.lost = True
+        session.writer.close()
+        if link.subscribed:
+            link.finish(True)  # its subscriptions went with the connection
+            return
+        lost, session.unanswered = session.unanswered, 0
+        if lost > 0:
+            await self._reply(link, replies, _LOST_REPLY * lost)
+
+    async def _reply(
+        self, link: _Link, replies: asyncio.Queue[tuple[float, bytes]], message: bytes
+    ) -> None:
+        if not self._dropping(link, "reply"):
+            await replies.put((time.monotonic() + self._delay("reply"), message))
 
     async def _drain(
         self,
@@ -495,3 +685,18 @@ class FaultProxy:
                     return
         except OSError:
             link.finish(False)
+
+
+def _queue() -> asyncio.Queue[tuple[float, bytes]]:
+    """Chunks or messages with their due times, bounded: TCP backpressure."""
+    return asyncio.Queue(_QUEUE_CHUNKS)
+
+
+def _note(link: _Link, command: bytes) -> None:
+    """Keep what a pooling link must know of a command it forwards."""
+    words = tuple(command_words(command))
+    if words[:1] and words[0] in _SUBSCRIBING:
+        link.subscribed = True
+    for setup in _SETUP_COMMANDS:
+        if words[: len(setup)] == setup:
+            link.setup[setup] = command

@@ -1,19 +1,23 @@
 """Tests of ``redlock_aio.testing._proxy.FaultProxy``: a real redis-server node
-behind the proxy, a redis-py client in front of it, one fault at a time."""
+behind the proxy, a redis-py (or raw RESP) client in front of it, one fault at a
+time; the faults in both modes, direct and pooling (``reconnect_upstream``)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from typing import TYPE_CHECKING, Any
 
+import hiredis
 import pytest
 import redis.exceptions
 from redis.asyncio import Redis
 
 from redlock_aio import AsyncRedlock, LockNotAcquired, Vote
 from redlock_aio.testing._proxy import FaultProxy
+from redlock_aio.testing._servers import _encode_command
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -28,10 +32,21 @@ ANSWER_TIMEOUT = 10.0
 SILENCE_TIMEOUT = 0.3
 
 
+@pytest.fixture(params=[False, True], ids=["direct", "pooling"])
+async def proxy(
+    cluster: LocalCluster, request: pytest.FixtureRequest
+) -> AsyncIterator[FaultProxy]:
+    """A proxy in front of node 0, in each mode."""
+    async with FaultProxy(
+        "127.0.0.1", cluster[0].port, reconnect_upstream=request.param
+    ) as p:
+        yield p
+
+
 @pytest.fixture
-async def proxy(cluster: LocalCluster) -> AsyncIterator[FaultProxy]:
-    """A proxy in front of node 0."""
-    async with FaultProxy("127.0.0.1", cluster[0].port) as p:
+async def pooling(cluster: LocalCluster) -> AsyncIterator[FaultProxy]:
+    """A pooling proxy in front of node 0."""
+    async with FaultProxy("127.0.0.1", cluster[0].port, reconnect_upstream=True) as p:
         yield p
 
 
@@ -54,6 +69,39 @@ async def silent(coro: Any) -> None:
     """Assert that *coro* gets no answer within the "must not happen" bound."""
     with pytest.raises(asyncio.TimeoutError):  # TimeoutError from 3.11 on
         await asyncio.wait_for(coro, SILENCE_TIMEOUT)
+
+
+class RawClient:
+    """One connection, commands pipelined as sent, replies read in order: what a
+    pipelining client sees, with no reconnect hidden inside."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader, self.writer = reader, writer
+        self.parser = hiredis.Reader()
+
+    @classmethod
+    async def connect(cls, port: int) -> RawClient:
+        return cls(*await answer(asyncio.open_connection("127.0.0.1", port)))
+
+    def send(self, *commands: tuple[str | int, ...]) -> None:
+        self.writer.write(b"".join(_encode_command(c) for c in commands))
+
+    async def reply(self) -> Any:
+        while (reply := self.parser.gets()) is False:
+            data = await answer(self.reader.read(65536))
+            if not data:
+                raise ConnectionError("closed")
+            self.parser.feed(data)
+        return reply
+
+    async def call(self, *args: str | int) -> Any:
+        self.send(args)
+        return await self.reply()
+
+    async def aclose(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
 
 
 async def eventually(check: Callable[[], bool]) -> None:
@@ -328,3 +376,162 @@ async def test_redlock_with_one_node_partitioned(cluster: LocalCluster) -> None:
         await eventually(lambda: cluster[0].command("GET", "r") == lock.token)
         await answer(lock.release())
     assert [s.command("GET", "r") for s in cluster] == [None, None, None]
+
+
+# -- pooling: the client's connection outlives the node's ------------------- #
+
+
+def run_id(info: bytes) -> bytes:
+    [line] = [x for x in info.splitlines() if x.startswith(b"run_id:")]
+    return line
+
+
+async def test_pooling_keeps_a_pipelining_client_in_step_across_a_restart(
+    cluster: LocalCluster, pooling: FaultProxy
+) -> None:
+    c = await RawClient.connect(pooling.port)
+    try:
+        assert await c.call("SET", "k", "v") == b"OK"
+        before = run_id(await c.call("INFO", "server"))
+        # Pipelined: the SET is answered, the BLPOP blocks, the PING waits.
+        c.send(("SET", "k2", "v"), ("BLPOP", "q", 0), ("PING",))
+        assert await c.reply() == b"OK"
+        await asyncio.to_thread(cluster[0].restart)
+        for _ in range(2):  # the BLPOP and the PING, in order
+            error = await c.reply()
+            assert isinstance(error, hiredis.ReplyError)
+            assert "upstream connection lost" in str(error)
+        # The same socket reaches the new node: empty, another run.
+        assert await c.call("GET", "k") is None
+        assert run_id(await c.call("INFO", "server")) != before
+        assert await c.call("PING") == b"PONG"
+        assert not c.reader.at_eof()
+        assert pooling.total_connections == 1
+        assert pooling.connections == 1
+    finally:
+        await c.aclose()
+
+
+async def test_pooling_waits_for_a_node_that_comes_back(
+    cluster: LocalCluster, pooling: FaultProxy
+) -> None:
+    client = Redis.from_url(pooling.url)
+    try:
+        assert await answer(client.set("k", "v"))
+        cluster[0].kill()
+        get = asyncio.ensure_future(client.get("k"))  # waits for a connection
+        await silent(asyncio.shield(get))
+        await asyncio.to_thread(cluster[0].restart)
+        assert await answer(get) is None  # the node came back empty
+        assert pooling.total_connections == 1
+    finally:
+        await client.aclose()
+
+
+async def test_pooling_answers_an_error_while_the_node_stays_down(
+    cluster: LocalCluster,
+) -> None:
+    async with FaultProxy(
+        "127.0.0.1", cluster[0].port, reconnect_upstream=True, reconnect_timeout=0.1
+    ) as proxy:
+        c = await RawClient.connect(proxy.port)
+        try:
+            assert await c.call("PING") == b"PONG"
+            cluster[0].kill()
+            error = await c.call("PING")
+            assert isinstance(error, hiredis.ReplyError)
+            assert "upstream" in str(error)
+            await asyncio.to_thread(cluster[0].restart)
+            assert await c.call("PING") == b"PONG"
+            assert proxy.total_connections == 1
+        finally:
+            await c.aclose()
+
+
+async def test_pooling_hides_client_kill_and_sends_the_setup_again(
+    cluster: LocalCluster, pooling: FaultProxy
+) -> None:
+    client = Redis.from_url(
+        pooling.url.replace("/0", "/1"),
+        client_name="pooled",
+        single_connection_client=True,
+    )
+    try:
+        assert await answer(client.set("k", "v"))
+        first = await answer(client.client_id())
+        cluster[0].command("CLIENT", "KILL", "TYPE", "normal")
+        assert await answer(client.get("k")) == b"v"  # still in db 1
+        assert await answer(client.client_getname()) == "pooled"
+        assert await answer(client.client_id()) != first
+        assert pooling.total_connections == 1
+    finally:
+        with contextlib.suppress(redis.exceptions.RedisError):
+            await client.delete("k")
+        await client.aclose()
+
+
+async def test_pooling_disconnects_a_subscriber(
+    cluster: LocalCluster, pooling: FaultProxy
+) -> None:
+    c = await RawClient.connect(pooling.port)
+    try:
+        assert (await c.call("SUBSCRIBE", "ch"))[0] == b"subscribe"
+        cluster[0].command("CLIENT", "KILL", "TYPE", "pubsub")
+        with pytest.raises(ConnectionError):
+            await c.reply()  # its subscription is gone: the proxy closed it
+    finally:
+        await c.aclose()
+    await eventually(lambda: pooling.connections == 0)
+
+
+# -- closing: bounded, and nothing left running ----------------------------- #
+
+
+def link_tasks(proxy: FaultProxy) -> list[asyncio.Task[None]]:
+    return [t for t in proxy._tasks if t.get_name().endswith(":link")]
+
+
+@pytest.mark.timeout(30)
+async def test_aclose_right_after_a_link_ended(proxy: FaultProxy) -> None:
+    # A link whose task has just ended, its done callback not run yet: on 3.12
+    # gather() of finished tasks does not yield, and a loop waiting for that
+    # callback would spin for ever.
+    c = await RawClient.connect(proxy.port)
+    assert await c.call("PING") == b"PONG"
+    [link] = link_tasks(proxy)
+    await c.aclose()
+    deadline = time.monotonic() + ANSWER_TIMEOUT
+    while not link.done():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0)
+    await answer(proxy.aclose())
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+
+
+@pytest.mark.parametrize("fault", ["pass", "latency", "blackhole", "drop_replies"])
+async def test_aclose_is_bounded_and_ends_every_task(
+    proxy: FaultProxy, fault: str
+) -> None:
+    idle, busy, gone = [await RawClient.connect(proxy.port) for _ in range(3)]
+    try:
+        for c in (idle, busy, gone):
+            assert await c.call("PING") == b"PONG"
+        faults: dict[str, Callable[[], None]] = {
+            "pass": proxy.pass_through,
+            "latency": lambda: proxy.add_latency(5),
+            "blackhole": proxy.blackhole,
+            "drop_replies": lambda: proxy.drop_replies_after(0),
+        }
+        faults[fault]()
+        busy.send(("BLPOP", "q", 0))  # in flight (or held) when the proxy closes
+        await gone.aclose()
+        await asyncio.sleep(0.1)
+        await answer(proxy.aclose())
+        assert proxy.connections == 0
+        assert all(t.done() for t in proxy._tasks)
+        assert asyncio.all_tasks() == {asyncio.current_task()}
+        with pytest.raises(OSError):  # noqa: PT011 - reset or closed, either
+            await busy.reply()
+    finally:
+        for c in (idle, busy, gone):
+            await c.aclose()
