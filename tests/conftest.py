@@ -29,6 +29,10 @@ os.environ.setdefault("PYTHONASYNCIODEBUG", "1")
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
+# The pytester fixture, for the tests of the hooks below
+# (tests/unit/test_soak_timeout.py).
+pytest_plugins = ["pytester"]
+
 
 class _AsyncioErrors(logging.Handler):
     """Collects what asyncio reports through its logger at ERROR: "Task was
@@ -67,6 +71,30 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--soak-seed", default="1", help="seed of the soak's fault schedule"
     )
+
+
+def pytest_collection_modifyitems(
+    config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    """Give each soak-marked test a timeout of ``--soak-seconds`` plus the
+    suite's own (for set-up, the workers' drain and the keys' expiry): the
+    suite's fixed timeout would kill a longer soak mid-run, leaving its keys
+    behind. A test's own timeout marker wins; no timeout stays no timeout."""
+    soaks = [item for item in items if item.get_closest_marker("soak") is not None]
+    if not soaks or not config.pluginmanager.hasplugin("timeout"):
+        return
+    import pytest_timeout  # type: ignore[import-untyped]
+
+    suite = pytest_timeout.get_env_settings(config).timeout
+    if not suite:
+        return
+    try:
+        seconds = float(config.getoption("--soak-seconds"))
+    except ValueError:
+        raise pytest.UsageError("--soak-seconds must be a number of seconds") from None
+    for item in soaks:
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(seconds + suite))
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
