@@ -783,7 +783,10 @@ class AsyncRedlock:
     def _check_loop(self) -> None:
         """An AsyncRedlock lives in one event loop: its connections, timers
         and tasks belong to the loop it was first used in."""
-        loop = asyncio.get_running_loop()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # lock() outside a loop: checked when entered
+            return
         if loop is not self._loop:
             if self._loop is not None:
                 raise RedlockError(
