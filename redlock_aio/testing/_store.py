@@ -249,10 +249,11 @@ class ProtectedStore:
 
     # -- records ----------------------------------------------------------- #
 
-    def writes(self) -> list[Write]:
-        """Every write received so far, in order of arrival."""
+    def writes(self, start: int = 0) -> list[Write]:
+        """The writes received so far, in order of arrival, from the
+        *start*-th on (to follow them as they come)."""
         with self._records:
-            return list(self._writes)
+            return self._writes[start:]
 
     def value(self, key: str) -> str | None:
         """What *key* holds now (``None`` if never written)."""
