@@ -91,11 +91,11 @@ def _port(what: str, port: object, *, lowest: int) -> int:
     return port
 
 
-def _seconds(seconds: object) -> float:
+def _seconds(seconds: object, what: str = "seconds") -> float:
     if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
-        raise TypeError(f"seconds must be a number, got {type(seconds).__name__}")
+        raise TypeError(f"{what} must be a number, got {type(seconds).__name__}")
     if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"seconds must be finite and >= 0, got {seconds!r}")
+        raise ValueError(f"{what} must be finite and >= 0, got {seconds!r}")
     return float(seconds)
 
 
@@ -231,7 +231,7 @@ class FaultProxy:
         self.host = _loopback("host", host)
         self._port = _port("port", port, lowest=0)
         self.reconnect_upstream = bool(reconnect_upstream)
-        self.reconnect_timeout = _seconds(reconnect_timeout)
+        self.reconnect_timeout = _seconds(reconnect_timeout, "reconnect_timeout")
         self._server: asyncio.Server | None = None
         self._serving = False
         self._links: set[_Link] = set()

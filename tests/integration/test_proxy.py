@@ -284,6 +284,8 @@ def test_accepts_loopback_addresses_without_io() -> None:
         FaultProxy("127.0.0.1", 0)
     with pytest.raises(TypeError):
         FaultProxy("127.0.0.1", "6379")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="reconnect_timeout"):
+        FaultProxy("127.0.0.1", 6379, reconnect_upstream=True, reconnect_timeout=-1)
 
 
 async def test_aclose_closes_connections_and_leaves_no_task(
