@@ -1,7 +1,7 @@
 """The ``redlock-aio`` command (also ``python -m redlock_aio``).
 
 One argparse subcommand per task; each registers its parser and a handler that
-turns the parsed arguments into an exit code. Today there is ``demo``; more
+turns the parsed arguments into an exit code: ``demo`` and ``init``; more
 (``status``, ``check``) plug in the same way through :data:`COMMANDS`.
 """
 
@@ -105,12 +105,58 @@ def _run_demo(args: argparse.Namespace) -> int:
     )
 
 
+# -- init -------------------------------------------------------------------------
+
+
+def _add_init(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "init",
+        help="mark new nodes as holding every lock (no restart quarantine)",
+        description=(
+            "Set the restart-quarantine marker key on every node: each then "
+            "counts as holding every lock of the key prefix, so its votes count "
+            "at once, until it loses its data again. Run it once on a new "
+            "deployment, or when no lock of this prefix is held anywhere; never "
+            "to cut short the quarantine of a node that lost its data while a "
+            "lock may have been held."
+        ),
+    )
+    parser.add_argument("nodes", nargs="+", metavar="URL", help="a node URL")
+    parser.add_argument(
+        "--key-prefix", default="", help="the AsyncRedlock's key_prefix (default: none)"
+    )
+    parser.set_defaults(handler=_run_init)
+
+
+def _run_init(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from . import AsyncRedlock, RedlockError
+
+    async def init() -> int:
+        async with AsyncRedlock(args.nodes, key_prefix=args.key_prefix) as rl:
+            try:
+                outcomes = await rl.init_nodes()
+            except RedlockError as exc:
+                sys.stderr.write(f"redlock-aio init: {exc}\n")
+                return 1
+        for outcome in outcomes:
+            sys.stdout.write(f"{outcome.node}: marked\n")
+        return 0
+
+    try:
+        return asyncio.run(init())
+    except RedlockError as exc:  # a bad URL
+        sys.stderr.write(f"redlock-aio init: {exc}\n")
+        return 2
+
+
 # -- entry point ------------------------------------------------------------------
 
 #: Registers each subcommand's parser (which sets its ``handler``).
 COMMANDS: tuple[
     Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...
-] = (_add_demo,)
+] = (_add_demo, _add_init)
 
 
 def build_parser() -> argparse.ArgumentParser:

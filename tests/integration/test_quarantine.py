@@ -13,6 +13,7 @@ import logging
 import pytest
 
 from redlock_aio import AsyncRedlock, Lock, LockNotAcquired, Vote
+from redlock_aio.__main__ import main
 from redlock_aio._scripts import MARKER
 from redlock_aio.testing import LocalCluster, free_port
 
@@ -167,3 +168,64 @@ async def test_eviction_policy_other_than_noeviction_warns_once(
     finally:
         cluster[0].command("CONFIG", "SET", "maxmemory-policy", "noeviction")
     assert caplog.text.count("allkeys-lru") == 1
+
+
+def test_the_init_command_marks_every_node(
+    cluster: LocalCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cluster.flushall()
+    assert main(["init", "--key-prefix", "app:", *cluster.urls]) == 0
+    assert [s.command("GET", b"app:" + MARKER) for s in cluster] == [b"0"] * 3
+    assert capsys.readouterr().out.count(": marked") == 3
+    # A node that cannot be reached: the others are marked, and it is named.
+    assert main(["init", cluster.urls[0], unreachable(), cluster.urls[2]]) == 1
+    assert "could not mark 1 of 3 nodes" in capsys.readouterr().err
+    mark_intact(cluster)
+
+
+LOCKER_ACL = [
+    "on",
+    ">pw",
+    "~locks:*",
+    "resetchannels",
+    "&__redlock__:locks:*",
+    "+evalsha",
+    "+eval",
+    "+script|load",
+    "+get",
+    "+set",
+    "+time",
+    "+pexpire",
+    "+del",
+    "+publish",
+    "+subscribe",
+    "+unsubscribe",
+]
+
+
+async def test_the_documented_least_privilege_acl_is_enough(
+    cluster: LocalCluster,
+) -> None:
+    """The ACL in the README: acquire (with the quarantine's marker), extend,
+    release, release notifications and auto-extension, nothing more."""
+    for server in cluster:
+        server.command("ACL", "SETUSER", "locker", "reset", *LOCKER_ACL)
+    urls = [u.replace("redis://", "redis://locker:pw@") for u in cluster.urls]
+    try:
+        async with (
+            AsyncRedlock(urls, ttl=1.0, key_prefix="locks:") as rl,
+            AsyncRedlock(urls, ttl=1.0, key_prefix="locks:") as other,
+        ):
+            await rl.init_nodes()
+            lock = await rl.acquire("r", blocking=False)
+            await lock.extend()
+            waiting = asyncio.create_task(other.acquire("r", timeout=30))
+            await lock.release()
+            await (await waiting).release()
+            async with rl.lock("r") as held:
+                await asyncio.sleep(1.5)  # extended in the background
+                assert held.held
+    finally:
+        for server in cluster:
+            server.command("ACL", "DELUSER", "locker")
+        mark_intact(cluster)

@@ -40,6 +40,14 @@ class PostingNode:
     async def set_nx(self, key: bytes, token: bytes, ttl_ms: int) -> bool:
         raise AssertionError("the posted path must be used")
 
+    async def acquire(
+        self, key: bytes, token: bytes, ttl_ms: int, marker: bytes, quarantine_ms: int
+    ) -> object:
+        raise AssertionError("the posted path must be used")
+
+    async def init_marker(self, marker: bytes) -> None:
+        raise AssertionError("the posted path must be used")
+
     async def release(self, key: bytes, token: bytes, *, notify: bool = True) -> bool:
         raise AssertionError("the posted path must be used")
 
@@ -53,7 +61,7 @@ class PostingNode:
         pass
 
 
-def spawn(coro: Any) -> asyncio.Task[bool]:
+def spawn(coro: Any) -> asyncio.Task[object]:
     return asyncio.get_running_loop().create_task(coro)
 
 
