@@ -15,7 +15,7 @@ import pytest
 from redlock_aio import AsyncRedlock, Lock, LockNotAcquired, Vote
 from redlock_aio.__main__ import main
 from redlock_aio._scripts import MARKER
-from redlock_aio.testing import LocalCluster, free_port
+from redlock_aio.testing import FaultProxy, LocalCluster, free_port
 
 from .helpers import mark_intact, settle
 
@@ -122,6 +122,31 @@ async def test_a_restart_is_seen_on_a_connection_that_survives_it(
         with pytest.raises(LockNotAcquired) as info:
             await other.acquire("r", blocking=False)
         assert [o.vote for o in info.value.outcomes][1] is Vote.QUARANTINED
+    assert lock.held
+    await holder.aclose()
+
+
+async def test_a_restart_behind_a_pooling_proxy_is_seen(cluster: LocalCluster) -> None:
+    """A proxy that keeps the client's connection and reconnects upstream by
+    itself: the client never reconnects, so a check made when a connection
+    opens never sees the restart."""
+    holder, lock = await hold_on_a_and_b(cluster)
+    b = FaultProxy("127.0.0.1", cluster[1].port, reconnect_upstream=True)
+    async with (
+        b,
+        AsyncRedlock(
+            [unreachable(), b.url, cluster.urls[2]], ttl=30.0, node_timeout=1.0
+        ) as other,
+    ):
+        with pytest.raises(LockNotAcquired):  # connected; held by the holder
+            await other.acquire("r", blocking=False)
+        connects = other.nodes[1].connects  # type: ignore[attr-defined]
+        cluster[1].restart()  # B comes back at once, empty
+        with pytest.raises(LockNotAcquired) as info:
+            await other.acquire("r", blocking=False)
+        assert [o.vote for o in info.value.outcomes][1] is Vote.QUARANTINED
+        # The same client connection all along.
+        assert other.nodes[1].connects == connects  # type: ignore[attr-defined]
     assert lock.held
     await holder.aclose()
 
