@@ -17,6 +17,8 @@ General layout (imports flow down this list, never up):
 
 from __future__ import annotations
 
+import logging as _logging
+
 from ._errors import (
     ConfigurationError as ConfigurationError,
     ConfigurationTypeError as ConfigurationTypeError,
@@ -58,6 +60,10 @@ __all__ = [
     "ReleaseError",
     "Vote",
 ]
+
+# A library logs, the application decides where to: no "No handlers could be
+# found" and no lastResort output on stderr unless the application configures it.
+_logging.getLogger(__name__).addHandler(_logging.NullHandler())
 
 # Present public names as redlock_aio.X (tracebacks, docs, pickling).
 for _name in __all__:

@@ -287,7 +287,7 @@ async def test_11_error_replies_are_no_votes_with_their_reason(
         extra = RedisServer(binary=redis_binary).start()
         bad_url = extra.url
         extra.kill()
-        reason = "Connect call failed"
+        reason = "Connect call failed|Connection refused"  # asyncio | uvloop
         expected = redis.exceptions.ConnectionError
     else:
         bad_url = cluster.urls[0].replace("redis://", "rediss://")
@@ -313,7 +313,7 @@ async def test_11_error_replies_are_no_votes_with_their_reason(
                 assert outcome.vote is Vote.ERROR, outcome
                 assert outcome.error is not None
                 assert isinstance(outcome.error.__cause__, expected), outcome
-                assert reason in str(outcome), outcome
+                assert any(r in str(outcome) for r in reason.split("|")), outcome
             assert "s3cret" not in str(outcome)
             assert "wrong" not in outcome.node
             await lock.release()
