@@ -90,8 +90,12 @@ class NodeError(RedlockError):
     as that node's vote against; the original exception is ``__cause__``.
 
     :ivar node: the node's description (never includes a password).
+    :ivar detail: what went wrong (with the cause's type, and for a denied
+        permission the ACL rule to add).
     """
 
     def __init__(self, node: str, message: str) -> None:
         super().__init__(f"{node}: {message}")
         self.node = node
+        #: the message without the node's name
+        self.detail = message

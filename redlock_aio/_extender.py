@@ -35,6 +35,7 @@ import logging
 from functools import partial
 from typing import TYPE_CHECKING, Any, final
 
+from ._acl import describe
 from ._config import ttl_ms
 from ._errors import NodeError
 from ._quorum import Decision, NodeOutcome, Vote, clock_drift, decide
@@ -232,7 +233,7 @@ class Extender:
         # aclose() would wait for.
         if self._closed or rl._closed:
             entry.active = False
-            lock._mark_lost(_LOST_CLOSED)
+            lock._mark_lost(_LOST_CLOSED, warn=False)
             return entry
         loop = asyncio.get_running_loop()
         # Due a third of the TTL after the start its validity was counted from.
@@ -269,9 +270,10 @@ class Extender:
         self._slot_heap.clear()
         entries = list(self._entries)
         self._entries.clear()
+        closing = reason is _LOST_CLOSED  # not news: aclose() says so once
         for entry in entries:
             entry.active = False
-            entry.lock._mark_lost(reason)
+            entry.lock._mark_lost(reason, warn=not closing)
 
     def _schedule(self, entry: Entry, due: float) -> None:
         """Make ``entry`` fall due at loop time ``due`` (or up to one
@@ -473,7 +475,7 @@ class Extender:
                 err = NodeError(node.name, "request cancelled (client closing)")
                 failed = NodeOutcome(node.name, Vote.ERROR, err)
         elif (exc := task.exception()) is not None:
-            err = NodeError(node.name, f"{type(exc).__name__}: {exc}")
+            err = NodeError(node.name, describe(exc, EXTEND_MANY))
             err.__cause__ = exc
             failed = NodeOutcome(node.name, Vote.ERROR, err)
         else:
@@ -485,6 +487,13 @@ class Extender:
                 )
                 failed = NodeOutcome(node.name, Vote.ERROR, err)
                 answers = None
+        fleet = rl._fleet
+        if answers is not None:
+            if fleet.failing[i]:
+                fleet.recovered(i)
+        elif not task.cancelled() or chunk.expired[i]:  # not our own closing
+            assert failed is not None
+            fleet.failed(i, failed)
         # A yes always counts: a node that lost its data no longer has the
         # key, so it cannot extend it (the quarantine is for acquiring).
         yes = self._yes[i]

@@ -306,6 +306,16 @@ class RedisNode:
         self.owned = owned
         self.name, self.identity = describe_client(client)
         self.facts = ServerFacts(self.name)
+        pool = client.connection_pool
+        if not owned and not isinstance(pool, BlockingConnectionPool):
+            logger.warning(
+                "node %s: its redis-py pool fails requests beyond %s connections "
+                "(MaxConnectionsError), a release included; pass a client on "
+                "BlockingConnectionPool(max_connections=..., timeout=None), whose "
+                "requests wait for a connection (bounded by the per-node timeout)",
+                self.name,
+                pool.max_connections,
+            )
         self._acquire = client.register_script(_scripts.ACQUIRE)
         self._release = client.register_script(_scripts.RELEASE)
         self._release_quiet = client.register_script(_scripts.RELEASE_QUIET)

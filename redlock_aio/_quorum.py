@@ -69,8 +69,11 @@ class NodeOutcome:
     def __str__(self) -> str:
         if self.error is None:
             return f"{self.node}: {self.vote.value}"
-        cause = self.error.__cause__ or self.error
-        return f"{self.node}: {self.vote.value} ({type(cause).__name__}: {cause})"
+        detail = getattr(self.error, "detail", None)
+        if detail is None:
+            cause = self.error.__cause__ or self.error
+            detail = f"{type(cause).__name__}: {cause}"
+        return f"{self.node}: {self.vote.value} ({detail})"
 
 
 class Decision(enum.Enum):

@@ -206,10 +206,17 @@ class Lock:
         else:
             self._lost_callbacks.append(callback)
 
-    def _mark_lost(self, reason: str) -> None:
+    def _mark_lost(self, reason: str, *, warn: bool = True) -> None:
         if self._lost_reason is not None or self._released:
             return
         self._lost_reason = reason
+        if warn:
+            logger.warning(
+                "lock %s lost: %s [%s]",
+                show(self.resource),
+                reason,
+                "; ".join(map(str, self._outcomes)),
+            )
         callbacks, self._lost_callbacks = self._lost_callbacks, []
         for callback in callbacks:
             try:
@@ -412,6 +419,13 @@ class AsyncRedlock:
                         self._hold(lock)
                         return lock
                 done, rnd = rnd, None
+                if logger.isEnabledFor(logging.DEBUG):
+                    logger.debug(
+                        "acquire %s: attempt %d failed [%s]",
+                        show(resource),
+                        attempt,
+                        "; ".join(map(str, done.outcomes)),
+                    )
                 await self._undo(done, key, token, node_timeout, spawned)
                 spawned = [t for t in spawned if not t.done()]
                 if not blocking or (
@@ -842,9 +856,11 @@ class AsyncRedlock:
             await wait_tasks_shielded([self._drained])
         if self._extender is not None:
             await self._extender.aclose()
-        held = list(self._held)
+        held = [lock for lock in self._held if not lock._released]
+        if held:
+            logger.info("aclose: releasing %d lock(s) still held", len(held))
         for lock in held:
-            lock._mark_lost("the AsyncRedlock was closed")
+            lock._mark_lost("the AsyncRedlock was closed", warn=False)
         for lock in held:
             try:
                 await lock.release()

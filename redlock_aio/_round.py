@@ -31,9 +31,10 @@ from typing import Any, NoReturn, TypeAlias
 
 import anyio
 
+from ._acl import describe
 from ._errors import NodeError
 from ._node import Node, Poster
-from ._quorum import Decision, NodeOutcome, Vote, decide
+from ._quorum import Decision, NodeOutcome, Vote, decide, quorum
 from ._turn import TurnEnd, turn_end
 
 Call: TypeAlias = Callable[[Node], Awaitable[object]]
@@ -127,11 +128,13 @@ class Fleet:
 
     __slots__ = (
         "_deadlines",
+        "_needed",
         "_seq",
         "_starting",
         "_timer",
         "_timer_at",
         "_turn",
+        "failing",
         "no",
         "nodes",
         "pending",
@@ -151,6 +154,10 @@ class Fleet:
         self.yes = tuple(NodeOutcome(n.name, Vote.YES) for n in nodes)
         self.no = tuple(NodeOutcome(n.name, Vote.NO) for n in nodes)
         self.rounds: set[Round] = set()
+        #: Per node: failing (its latest request failed or timed out), until
+        #: it answers again. Logged once per change.
+        self.failing = [False] * len(nodes)
+        self._needed = quorum(len(nodes))
         self._deadlines: list[tuple[float, int, Round]] = []
         # Rounds started in this turn of the loop, timed from its end.
         self._starting: list[tuple[float, Round]] = []
@@ -158,6 +165,32 @@ class Fleet:
         self._seq = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
+
+    def failed(self, i: int, outcome: NodeOutcome) -> None:
+        """Node ``i`` failed or timed out: a WARNING if it was answering, and
+        one more if that leaves no quorum within reach."""
+        if self.failing[i]:
+            return
+        self.failing[i] = True
+        logger.warning("node %s is failing: %s", self.nodes[i].name, outcome)
+        down = sum(self.failing)
+        n = len(self.nodes)
+        if down == n - self._needed + 1:
+            logger.warning(
+                "no quorum within reach: %d of %d nodes failing (%d needed); no "
+                "lock can be acquired or extended until enough answer again",
+                down,
+                n,
+                self._needed,
+            )
+
+    def recovered(self, i: int) -> None:
+        """Node ``i`` answers again after failing: INFO, once."""
+        self.failing[i] = False
+        down = sum(self.failing)
+        logger.info("node %s answers again", self.nodes[i].name)
+        if down == len(self.nodes) - self._needed:
+            logger.info("a quorum of nodes is within reach again")
 
     def in_flight(self) -> list[asyncio.Future[Any]]:
         """Every request of every round not yet answered or timed out."""
@@ -365,13 +398,15 @@ class Round:
     def _on_done(self, j: int, i: int, raw: bool, fut: asyncio.Future[Any]) -> None:
         """Node ``i`` (``j``-th of this round) settled: count its vote."""
         fleet = self._fleet
+        ours = False  # a cancellation of ours (closing) says nothing of the node
         try:
             result = fut.result()
         except asyncio.CancelledError:
             outcome = self._cancelled(i)
+            ours = not self._expired
         except Exception as exc:  # noqa: BLE001 (any failure is a vote against)
             name = fleet.nodes[i].name
-            err = NodeError(name, f"{type(exc).__name__}: {exc}")
+            err = NodeError(name, describe(exc, self._ask.script))
             err.__cause__ = exc
             outcome = NodeOutcome(name, Vote.ERROR, err)
         else:
@@ -397,10 +432,16 @@ class Round:
         if vote is _YES:
             self.yes += 1
             self.answered += 1
+            if fleet.failing[i]:
+                fleet.recovered(i)
         else:
             self._no += 1
             if vote in _ANSWERS:
                 self.answered += 1
+                if fleet.failing[i]:
+                    fleet.recovered(i)
+            elif ours is False:
+                fleet.failed(i, outcome)
         if self.decision is not _UNDECIDED:
             return
         needed = self._needed
