@@ -8,6 +8,7 @@ the header of the run says which.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
@@ -21,7 +22,7 @@ from redlock_aio.testing import LocalCluster, RedisServerNotFound, find_redis_se
 from .integration.helpers import lock_keys, mark_intact
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncIterator, Callable, Iterator
 
 # Before any event loop exists: every loop of the run is in debug mode, which
 # reports never-awaited coroutines and unclosed transports.
@@ -71,6 +72,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--soak-seed", default="1", help="seed of the soak's fault schedule"
     )
+    parser.addoption(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="the event loop of every async test and fixture (default asyncio)",
+    )
 
 
 def pytest_collection_modifyitems(
@@ -114,12 +121,34 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             terminalreporter.write_line(line)
 
 
-def pytest_report_header() -> str:
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    loop = f"event loop: {config.getoption('--loop')}"
     try:
         path, source = find_redis_server()
     except RedisServerNotFound as exc:
-        return f"redis-server: none ({exc})"
-    return f"redis-server: {path} (from {source})"
+        return [f"redis-server: none ({exc})", loop]
+    return [f"redis-server: {path} (from {source})", loop]
+
+
+def loop_factory(config: pytest.Config) -> Callable[[], asyncio.AbstractEventLoop]:
+    """The factory of the loop that ``--loop`` names, for tests that make their
+    own loops (``asyncio.Runner(loop_factory=...)``)."""
+    if config.getoption("--loop") == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            raise pytest.UsageError("--loop uvloop: uvloop is not installed") from None
+        return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Every async test and async fixture runs on the loop that ``--loop``
+    names (pytest-asyncio's loop-factory hook; one factory, so test ids do not
+    change)."""
+    return {config.getoption("--loop"): loop_factory(config)}
 
 
 @pytest.hookimpl(hookwrapper=True)

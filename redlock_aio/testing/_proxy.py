@@ -103,7 +103,9 @@ def _rst(writer: asyncio.StreamWriter) -> None:
     """Close *writer*'s connection with a TCP RST (SO_LINGER 0, then abort)."""
     sock = writer.get_extra_info("socket")
     if sock is not None:
-        with contextlib.suppress(OSError):  # already closed: abort is a no-op too
+        # Already closed (abort is a no-op too): asyncio's socket raises OSError,
+        # uvloop's (fd -1 by then) ValueError.
+        with contextlib.suppress(OSError, ValueError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
     writer.transport.abort()
 
