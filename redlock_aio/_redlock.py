@@ -799,8 +799,21 @@ class AsyncRedlock:
         and tasks belong to the loop it was first used in."""
         try:
             loop = asyncio.get_running_loop()
-        except RuntimeError:  # lock() outside a loop: checked when entered
-            return
+        except RuntimeError:
+            # No running loop: lock() called outside one (checked when entered),
+            # or a coroutine of another async library. Trio (which anyio's trio
+            # backend runs) imports sniffio, which names it.
+            sniffio = sys.modules.get("sniffio")
+            if sniffio is None:
+                return
+            try:
+                library = sniffio.current_async_library()
+            except sniffio.AsyncLibraryNotFoundError:
+                return
+            raise RedlockError(
+                f"redlock_aio runs on asyncio (or uvloop) only: this runs on "
+                f"{library}, with no asyncio event loop running"
+            ) from None
         if loop is not self._loop:
             if self._loop is not None:
                 raise RedlockError(
