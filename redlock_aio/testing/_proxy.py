@@ -675,6 +675,10 @@ class FaultProxy:
                     await asyncio.sleep(wait)
                 if data:
                     if not self._dropping(link, direction):
+                        if writer.is_closing():
+                            # Lost (a reset, a kill): asyncio's transport would
+                            # drop the write, uvloop's raises RuntimeError.
+                            raise ConnectionResetError("connection lost")
                         writer.write(data)
                         await writer.drain()
                 elif direction == "reply" and self._dropping(link, direction):
