@@ -857,8 +857,10 @@ class AsyncRedlock:
         clients this AsyncRedlock created. Idempotent."""
         if self._closed:
             return
-        if self._loop is not None and self._loop is not asyncio.get_running_loop():
-            self._check_loop()  # raises: the connections belong to that loop
+        if self._loop is not None:
+            # From another loop (or from trio) this raises: the connections,
+            # timers and tasks belong to the loop this client was used in.
+            self._check_loop()
         self._closed = True
         if self._closing is not None and not self._closing.done():
             self._closing.set_result(None)

@@ -68,12 +68,6 @@ def test_extend_and_release_under_trio_say_asyncio_only() -> None:
         loop.close()
 
 
-@pytest.mark.xfail(
-    raises=RuntimeError,
-    reason="aclose() calls asyncio.get_running_loop() itself once the AsyncRedlock "
-    "was used; `if self._loop is not None: self._check_loop()` would say "
-    "asyncio only",
-)
 def test_aclose_under_trio_after_use_says_asyncio_only() -> None:
     rl = make_redlock()
 
