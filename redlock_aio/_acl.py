@@ -35,7 +35,8 @@ def _fix(message: str, kind: str, script: str | None) -> str | None:
         return f"the ACL user may not run {what} in the lock scripts: add {rule} {_SEE}"
     if named:
         return f"the ACL user may not run {named.group(1).upper()}: add +{named.group(1)} {_SEE}"
-    if "one of the keys" in message:
+    # Redis 6.2: "... access one of the keys ..."; 7+ and Valkey: "... access a key".
+    if "one of the keys" in message or "access a key" in message:
         return (
             "the ACL user's key pattern must cover the lock keys and the marker "
             f"key <key_prefix>__redlock__:marker: add ~<key_prefix>* {_SEE}"
