@@ -41,12 +41,13 @@ async def test_a_node_that_fails_and_recovers_is_logged_once_each(
             cluster.heal()
             for _ in range(5):
                 await (await rl.acquire("r")).release()
-    failing = [m for m in messages(caplog, logging.WARNING) if "is failing" in m]
+    # (Filtered by node: a healthy node slow on a loaded machine may log too.)
+    warnings = messages(caplog, logging.WARNING)
+    failing = [m for m in warnings if m.startswith(f"node {name} is failing")]
     assert len(failing) == 1
-    assert name in failing[0]
     assert "ConnectionError" in failing[0]
-    back = [m for m in messages(caplog, logging.INFO) if "answers again" in m]
-    assert back == [f"node {name} answers again"]
+    infos = messages(caplog, logging.INFO)
+    assert infos.count(f"node {name} answers again") == 1
 
 
 async def test_a_hung_node_and_a_quorum_out_of_reach_are_warnings(
@@ -55,14 +56,15 @@ async def test_a_hung_node_and_a_quorum_out_of_reach_are_warnings(
     with HungNode() as hung_a, HungNode() as hung_b:
         urls = [cluster.urls[0], hung_a.url, hung_b.url]
         with caplog.at_level(logging.WARNING, logger="redlock_aio"):
-            async with AsyncRedlock(urls, ttl=5.0, node_timeout=0.2) as rl:
+            async with AsyncRedlock(urls, ttl=5.0, node_timeout=1.0) as rl:
                 for _ in range(3):
                     with pytest.raises(LockNotAcquired):
                         await rl.acquire("r", blocking=False)
     warnings = messages(caplog, logging.WARNING)
-    failing = [m for m in warnings if "is failing" in m]
-    assert len(failing) == 2
-    assert all("timeout" in m for m in failing)
+    for hung in (hung_a, hung_b):
+        failing = [m for m in warnings if f":{hung.port} is failing" in m]
+        assert len(failing) == 1
+        assert "timeout" in failing[0]
     assert [m for m in warnings if "no quorum within reach" in m] == [
         (
             "no quorum within reach: 2 of 3 nodes failing (2 needed); no lock can "
@@ -81,7 +83,7 @@ async def test_a_lost_lock_is_a_warning_with_its_reason_and_nodes(
                     for server in cluster:
                         server.command("DEL", "r")  # taken from under it
                     await asyncio.sleep(10)
-    [lost] = [m for m in messages(caplog, logging.WARNING) if "lost" in m]
+    [lost] = [m for m in messages(caplog, logging.WARNING) if m.startswith("lock ")]
     # Decided at quorum: the third node may still be pending.
     assert lost.startswith("lock 'r' lost: the key is gone or taken on ")
     assert sum(f"127.0.0.1:{s.port}: no" in lost for s in cluster) >= 2

@@ -73,7 +73,10 @@ async def test_with_quarantine_the_restarted_node_does_not_count(
             with pytest.raises(LockNotAcquired, match="restart_quarantine") as info:
                 await other.acquire("r", blocking=False)
             votes = [o.vote for o in info.value.outcomes]
-            assert votes == [Vote.ERROR, Vote.QUARANTINED, Vote.YES]
+            # Decided once A's error and B's quarantined yes put a quorum out
+            # of reach: C's yes may not be in yet.
+            assert votes[:2] == [Vote.ERROR, Vote.QUARANTINED]
+            assert votes[2] in (Vote.YES, Vote.PENDING)
             # The quarantine runs on B's clock from its first request: 30 s.
             assert "counts in 30.0 s" in str(info.value.outcomes[1])
     # Found once, by the first client that saw the marker missing.
