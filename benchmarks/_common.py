@@ -251,7 +251,8 @@ class Section:
             and (row.impl == FLOOR_NAME or row.impl.startswith(FLOOR_NAME + " ("))
         ]
         exact = [row for row in floors if row.impl == FLOOR_NAME]
-        return (exact or floors or [None])[0]
+        found = exact or floors
+        return found[0] if found else None
 
 
 #: The row every ratio is relative to.

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -137,13 +137,27 @@ def pubsub_clients(cluster: LocalCluster) -> list[int]:
     return counts
 
 
+def numsub(cluster: LocalCluster, channel: bytes) -> list[object]:
+    """Per node, how many subscribers ``channel`` has."""
+    counts = []
+    for server in cluster:
+        reply = server.command("PUBSUB", "NUMSUB", channel)
+        assert isinstance(reply, list)
+        counts.append(reply[1])
+    return counts
+
+
 async def test_clients_of_one_process_share_a_pubsub_connection_per_node(
     cluster: LocalCluster,
 ) -> None:
     """Two waiting clients of the same nodes read each release once per node,
     over one shared connection; it stays while a client still uses it, and
     closes with the last."""
-    slow = {"retry_delay": 5.0, "retry_delay_max": 5.0, "retry_jitter": 0}
+    slow: dict[str, Any] = {
+        "retry_delay": 5.0,
+        "retry_delay_max": 5.0,
+        "retry_jitter": 0,
+    }
     holder = Redlock(cluster.urls, ttl=10.0)
     first = Redlock(cluster.urls, ttl=10.0, **slow)
     second = Redlock(cluster.urls, ttl=10.0, **slow)
@@ -152,13 +166,12 @@ async def test_clients_of_one_process_share_a_pubsub_connection_per_node(
         waiting = [
             asyncio.create_task(rl.acquire("r", timeout=30.0)) for rl in (first, second)
         ]
-        await asyncio.sleep(0.3)  # both failed, subscribed, failed again
+        # Both failed, subscribed, failed again (bounded wait: a loaded machine).
+        deadline = time.monotonic() + 20
+        while numsub(cluster, b"__redlock__:r") != [1, 1, 1]:
+            assert time.monotonic() < deadline, numsub(cluster, b"__redlock__:r")
+            await asyncio.sleep(0.01)
         assert pubsub_clients(cluster) == [1, 1, 1]
-        assert [s.command("PUBSUB", "NUMSUB", "__redlock__:r")[1] for s in cluster] == [
-            1,
-            1,
-            1,
-        ]
         # One waiter leaves and its client closes: the other still hears.
         waiting[0].cancel()
         with pytest.raises(asyncio.CancelledError):

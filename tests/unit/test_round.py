@@ -5,10 +5,13 @@ and no timer is left once every round has settled."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redlock_aio._quorum import Decision, Vote
 from redlock_aio._round import Ask, Fleet, Round
+
+if TYPE_CHECKING:
+    from collections.abc import Hashable
 
 
 class PostingNode:
@@ -19,7 +22,7 @@ class PostingNode:
 
     def __init__(self, name: str, hang: bool = False) -> None:
         self.name = name
-        self.identity = name
+        self.identity: Hashable = name
         self.hang = hang
 
     def post(
