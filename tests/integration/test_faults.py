@@ -1,6 +1,7 @@
 """Fault-injection scenarios on real redis-server nodes: each test name or
 docstring states its pass criterion. Partition scenarios (a client cut off from
-some nodes by a proxy) are in test_partitions.py."""
+some nodes by a proxy) are in test_partitions.py; README.md beside them lists
+every scenario with what is injected and what must hold."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults]
 Redlock = functools.partial(AsyncRedlock, restart_quarantine=0)
 
 
-async def test_1_one_node_killed_while_held_extensions_keep_succeeding(
+async def test_one_node_killed_while_held_extensions_keep_succeeding(
     cluster: LocalCluster,
 ) -> None:
     """Kill 1 of 3 while a block holds the lock: no loss over 4 TTLs, and a
@@ -55,7 +56,7 @@ async def test_1_one_node_killed_while_held_extensions_keep_succeeding(
         assert not lock.lost
 
 
-async def test_2_two_nodes_killed_while_held_the_block_is_cancelled_before_the_deadline(
+async def test_two_nodes_killed_while_held_the_block_is_cancelled_before_the_deadline(
     cluster: LocalCluster,
 ) -> None:
     """Kill 2 of 3: the lost signal fires before the local validity deadline,
@@ -78,7 +79,7 @@ async def test_2_two_nodes_killed_while_held_the_block_is_cancelled_before_the_d
     assert when < deadline
 
 
-async def test_5_a_paused_node_costs_at_most_the_node_timeout_and_a_late_set_never_counts(
+async def test_a_paused_node_costs_at_most_the_node_timeout_and_a_late_set_never_counts(
     cluster: LocalCluster,
 ) -> None:
     """A SIGSTOPped node: acquire and extend are decided by the other two;
@@ -113,8 +114,12 @@ async def test_5_a_paused_node_costs_at_most_the_node_timeout_and_a_late_set_nev
     assert await no_key(cluster)
 
 
-async def test_5b_debug_sleep_on_one_node(cluster: LocalCluster) -> None:
-    """DEBUG SLEEP (the server busy, not stopped): same bound, same result."""
+async def test_a_node_busy_in_debug_sleep_is_left_pending_by_the_quorum(
+    cluster: LocalCluster,
+) -> None:
+    """DEBUG SLEEP (the server busy, not stopped), as with a paused node: the
+    other two decide the acquire, the busy node's vote is still pending when
+    it returns, and whatever it applies late expires by its TTL."""
     async with Redlock(cluster.urls, ttl=2.0, node_timeout=0.3) as rl:
         sleeper = asyncio.get_running_loop().run_in_executor(
             None, functools.partial(cluster[1].command, "DEBUG", "SLEEP", "1.5")
@@ -148,7 +153,7 @@ HOLDER = textwrap.dedent(
 )
 
 
-async def test_6_a_paused_holder_learns_it_lost_the_lock_and_spares_the_new_holder(
+async def test_a_paused_holder_learns_it_lost_the_lock_and_spares_the_new_holder(
     cluster: LocalCluster,
 ) -> None:
     """The holder's process is SIGSTOPped for longer than the TTL; another
@@ -182,7 +187,7 @@ async def test_6_a_paused_holder_learns_it_lost_the_lock_and_spares_the_new_hold
             await child.wait()
 
 
-async def test_8_a_majority_ok_after_the_deadline_is_lost_not_renewed(
+async def test_a_majority_ok_after_the_deadline_is_lost_not_renewed(
     cluster: LocalCluster,
 ) -> None:
     """Two nodes answer the extend only after the lock's validity is over: the
@@ -202,7 +207,7 @@ async def test_8_a_majority_ok_after_the_deadline_is_lost_not_renewed(
     assert await no_key(cluster)
 
 
-async def test_9_cancellation_at_random_points_leaves_no_key_and_no_task(
+async def test_cancellation_at_random_points_leaves_no_key_and_no_task(
     cluster: LocalCluster,
 ) -> None:
     """Cancel acquire/extend/release at random points, 150 times: the
@@ -235,7 +240,7 @@ async def test_9_cancellation_at_random_points_leaves_no_key_and_no_task(
     assert not rl._tasks
 
 
-async def test_10_noscript_after_a_restart_recovers(cluster: LocalCluster) -> None:
+async def test_noscript_after_a_restart_recovers(cluster: LocalCluster) -> None:
     """A node restarts with its data but without its script cache: extend and
     release reload the scripts transparently."""
     async with Redlock(cluster.urls, ttl=10.0, node_timeout=1.0) as rl:
@@ -259,7 +264,7 @@ async def test_10_noscript_after_a_restart_recovers(cluster: LocalCluster) -> No
 @pytest.mark.parametrize(
     "fault", ["oom", "readonly", "wrongtype", "noauth", "refused", "tls"]
 )
-async def test_11_error_replies_are_no_votes_with_their_reason(
+async def test_error_replies_are_votes_against_with_their_reason(
     fault: str, cluster: LocalCluster, redis_binary: str
 ) -> None:
     """A node that answers with an error (or cannot be reached) is a vote
@@ -330,7 +335,7 @@ async def test_11_error_replies_are_no_votes_with_their_reason(
             extra.stop()
 
 
-async def test_12_five_contenders_a_winner_and_no_partial_key_left(
+async def test_five_contenders_a_winner_and_no_partial_key_left(
     cluster: LocalCluster,
 ) -> None:
     """5 clients try at once, round after round: at most one wins a round, a
@@ -365,7 +370,7 @@ async def test_12_five_contenders_a_winner_and_no_partial_key_left(
             await rl.aclose()
 
 
-async def test_13_wall_clock_jump_changes_nothing(
+async def test_a_wall_clock_jump_changes_nothing(
     cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """time.time() moved an hour ahead, then back: acquire, extend, auto-extend

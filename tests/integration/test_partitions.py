@@ -1,5 +1,6 @@
 """Partition scenarios: one client cut off from some nodes by a FaultProxy
-while other clients reach every node. Pass criteria in each docstring."""
+while other clients reach every node. Pass criteria in each docstring; the
+scenario table is in README.md beside this file."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ async def proxies(cluster: LocalCluster) -> AsyncIterator[list[FaultProxy]]:
             await proxy.aclose()
 
 
-async def test_3_holder_cut_off_from_a_minority_keeps_the_lock(
+async def test_holder_cut_off_from_a_minority_keeps_the_lock(
     cluster: LocalCluster, proxies: list[FaultProxy]
 ) -> None:
     """Blackholed from 1 of 3 nodes, the holder keeps extending on the other
@@ -58,7 +59,7 @@ async def test_3_holder_cut_off_from_a_minority_keeps_the_lock(
     assert await no_key(cluster)
 
 
-async def test_4_holder_cut_off_from_a_majority_loses_it_before_the_deadline(
+async def test_holder_cut_off_from_a_majority_loses_it_before_the_deadline(
     cluster: LocalCluster, proxies: list[FaultProxy]
 ) -> None:
     """Blackholed from 2 of 3 nodes: the loss is signalled before the local
@@ -98,7 +99,7 @@ async def test_4_holder_cut_off_from_a_majority_loses_it_before_the_deadline(
     assert await no_key(cluster)
 
 
-async def test_7_replies_slower_than_the_validity_never_make_a_lock(
+async def test_replies_slower_than_the_validity_never_make_a_lock(
     cluster: LocalCluster, proxies: list[FaultProxy]
 ) -> None:
     """Replies delayed around and past the validity budget: every acquire
