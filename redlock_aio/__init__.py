@@ -1,24 +1,37 @@
 """redlock_aio: an asyncio-native Redlock.
 
-General layout (imports flow down this list, never up):
+General layout. Each module imports only modules listed above it (a unit test
+checks it, from this list):
 
+- ``_quorum``: pure rules: quorum, drift, validity, the vote, extension verdicts, backoff.
 - ``_errors``: the exception hierarchy.
-- ``_quorum``: await-free arithmetic: quorum, drift, validity, vote tally.
-- ``_config``: checks of every argument, before any I/O.
-- ``_scripts``: the Lua scripts.
-- ``_node``: the per-node seam (``Node`` protocol, ``RedisNode`` on redis-py).
-- ``_wire``: ``MuxNode``, one multiplexed connection per node with a hiredis
-  reader: the default transport for node URLs.
-- ``_round``: one request to every node at once, decided at quorum.
-- ``_redlock``: the algorithm: ``AsyncRedlock`` and ``Lock``.
-- ``_hold``: ``async with redlock.lock(...)`` with auto-extension.
-- ``testing``: real local redis-server processes for tests (public, optional).
+- ``_config``: checks of every argument, before any I/O; the terms of a TTL.
+- ``_scripts``: the Lua scripts, with their SHA1s.
+- ``_resp``: RESP, the wire format: the one command encoder, error replies.
+- ``_commands``: ``Command``, what is sent to a node, and one factory per operation.
+- ``_acl``: what a node's permission error means, and how to fix it.
+- ``_url``: node URLs: names, identities, connection parameters, TLS.
+- ``_node``: the seam: the ``Node`` protocol (``submit``), what transports share.
+- ``_pubsub``: the pipelined transport's pub/sub connection (release notices).
+- ``_mux``: ``MuxNode``, one pipelined connection per node: the default transport.
+- ``_redis_py``: ``RedisNode``, a node on a redis-py client.
+- ``_nodes``: a client's nodes, made from URLs, clients or Node objects.
+- ``_fanout``: one round: a command to every node at once, decided at quorum.
+- ``_lock``: ``Lock``, the handle of one acquisition, and its state.
+- ``_notify``: waiting for a release: the wake-up line of a key.
+- ``_keeper``: auto-extension scheduling: which locks to extend when.
+- ``_context``: ``async with redlock.lock(...)``: hold, keep, cancel, release.
+- ``_redlock``: the algorithm, top to bottom: ``AsyncRedlock``.
+- ``testing``: real local redis-server processes and fault tools for tests.
+- ``_demo``: the ``demo`` command.
+- ``__main__``: the ``redlock-aio`` command line.
 """
 
 from __future__ import annotations
 
 import logging as _logging
 
+from ._context import LockContext as LockContext
 from ._errors import (
     ConfigurationError as ConfigurationError,
     ConfigurationTypeError as ConfigurationTypeError,
@@ -30,11 +43,12 @@ from ._errors import (
     RedlockError as RedlockError,
     ReleaseError as ReleaseError,
 )
-from ._hold import LockContext as LockContext
-from ._node import Node as Node, RedisNode as RedisNode
+from ._lock import Lock as Lock
+from ._mux import MuxNode as MuxNode
+from ._node import Node as Node
 from ._quorum import NodeOutcome as NodeOutcome, Vote as Vote
-from ._redlock import AsyncRedlock as AsyncRedlock, Lock as Lock
-from ._wire import MuxNode as MuxNode
+from ._redis_py import RedisNode as RedisNode
+from ._redlock import AsyncRedlock as AsyncRedlock
 
 __version__ = "0.1.0"
 

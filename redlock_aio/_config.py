@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import final
 
 from ._errors import ConfigurationError, ConfigurationTypeError
-from ._quorum import DRIFT_FLOOR, clock_drift
+from ._quorum import DRIFT_FLOOR, clock_drift, validity_deadline
 
 #: Default lock lifetime in seconds.
 DEFAULT_TTL = 10.0
@@ -24,17 +24,46 @@ NODE_TIMEOUT_CAP = 1.0
 MAX_SECONDS = 10**9
 
 
-class Terms(NamedTuple):
-    """The figures of a lock of one TTL, worked out once and reused."""
+#: Auto-extension extends a lock when this share of its TTL has passed since
+#: its validity was last set.
+EXTEND_EVERY = 1 / 3
+#: After an extension without quorum, auto-extension retries after this share
+#: of the TTL, at most RETRY_MAX seconds.
+RETRY_SHARE = 0.05
+RETRY_MAX = 0.25
+#: How many distinct TTLs get their terms remembered.
+TERMS_CACHED = 64
 
-    #: seconds
-    ttl: float
-    #: the TTL in whole milliseconds, for PX / PEXPIRE
-    px: int
-    #: seconds each node gets per request
-    node_timeout: float
-    #: seconds of validity given up for clock drift
-    drift: float
+
+@final
+class LeaseTerms:
+    """What a lock of one TTL is made of, worked out once per distinct TTL.
+
+    :ivar ttl: seconds.
+    :ivar px: the TTL in whole milliseconds, for PX / PEXPIRE.
+    :ivar node_timeout: seconds each node gets per request.
+    :ivar drift: seconds of validity given up for clock drift.
+    :ivar validity: seconds a grant or an extension is valid, counted from
+        before its first request went out (``ttl - drift``).
+    :ivar due: seconds from an extension's start to the next (auto-extension).
+    :ivar gap: seconds before auto-extension retries a missed extension.
+    """
+
+    __slots__ = ("drift", "due", "gap", "node_timeout", "px", "ttl", "validity")
+
+    def __init__(self, ttl: float, node_timeout: float, drift_factor: float) -> None:
+        self.ttl = ttl
+        self.px = ttl_ms(ttl)
+        self.node_timeout = node_timeout
+        self.drift = clock_drift(ttl, drift_factor)
+        self.validity = validity_deadline(0.0, ttl, drift_factor)
+        self.due = ttl * EXTEND_EVERY
+        self.gap = min(ttl * RETRY_SHARE, RETRY_MAX)
+
+    def valid_until(self, start: float) -> float:
+        """Until when a grant or extension whose first request went out after
+        ``start`` is known held (:func:`~._quorum.validity_deadline`)."""
+        return start + self.validity
 
 
 @dataclass(frozen=True)
@@ -92,14 +121,9 @@ class Settings:
                 f"got {jitter!r}"
             )
 
-    def terms(self, ttl: float) -> Terms:
+    def terms(self, ttl: float) -> LeaseTerms:
         """What a lock of this (checked) TTL is made of."""
-        return Terms(
-            ttl,
-            ttl_ms(ttl),
-            self.node_timeout_for(ttl),
-            clock_drift(ttl, self.drift_factor),
-        )
+        return LeaseTerms(ttl, self.node_timeout_for(ttl), self.drift_factor)
 
     def node_timeout_for(self, ttl: float) -> float:
         """The per-node timeout for a lock of this TTL: the configured one, or a
@@ -111,20 +135,50 @@ class Settings:
         return min(base, budget)
 
 
+class TermsCache:
+    """The terms of every TTL a client uses: checked once, then remembered (up
+    to :data:`TERMS_CACHED` TTLs), and the largest TTL used so far (the default
+    restart quarantine)."""
+
+    __slots__ = ("_cache", "default", "max_ttl", "settings")
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.default = settings.terms(settings.ttl)
+        self.max_ttl = settings.ttl
+        self._cache: dict[object, LeaseTerms] = {}
+
+    def get(self, ttl: object) -> LeaseTerms:
+        """The terms of a lock of ``ttl`` seconds (None: the default TTL);
+        :class:`ConfigurationError` if it is not a usable TTL."""
+        if ttl is None:
+            return self.default
+        cache = self._cache
+        # bool is an int: its type keeps True from passing as a cached 1.
+        terms = cache.get(ttl) if type(ttl) in (float, int) else None
+        if terms is None:
+            ttl_s = check_ttl(ttl, self.settings.drift_factor)
+            self.max_ttl = max(self.max_ttl, ttl_s)
+            terms = self.settings.terms(ttl_s)
+            if len(cache) < TERMS_CACHED:
+                cache[ttl] = terms
+        return terms
+
+
 def number(name: str, value: object) -> float:
     """``value`` as a float: an int or float (not a bool) that is finite. An int
     too large for a float counts as infinite."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigurationTypeError(
             f"{name} must be a number of seconds (int or float), got "
-            f"{type(value).__name__} {show(value)}"
+            f"{type(value).__name__} {short_repr(value)}"
         )
     try:
         v = float(value)
     except OverflowError:
         v = math.inf
     if not math.isfinite(v):
-        raise ConfigurationError(f"{name} must be finite, got {show(value)}")
+        raise ConfigurationError(f"{name} must be finite, got {short_repr(value)}")
     return v
 
 
@@ -134,7 +188,7 @@ def seconds(name: str, value: object) -> float:
     if v > MAX_SECONDS:
         raise ConfigurationError(
             f"{name} must be at most {MAX_SECONDS:,} seconds (about 31 years), "
-            f"got {show(value)}"
+            f"got {short_repr(value)}"
         )
     return v
 
@@ -154,7 +208,7 @@ def _in_range(name: str, value: object, *, zero_allowed: bool) -> float:
         sign = ">=" if zero_allowed else ">"
         raise ConfigurationError(
             f"{name} must be {sign} 0 seconds (and at most {MAX_SECONDS:,}), "
-            f"got {show(value)}"
+            f"got {short_repr(value)}"
         )
     return v
 
@@ -163,7 +217,7 @@ def flag(name: str, value: object) -> bool:
     """A bool argument: ``"no"`` or ``0`` must not silently mean yes or no."""
     if not isinstance(value, bool):
         raise ConfigurationTypeError(
-            f"{name} must be True or False, got {type(value).__name__} {show(value)}"
+            f"{name} must be True or False, got {type(value).__name__} {short_repr(value)}"
         )
     return value
 
@@ -173,7 +227,7 @@ def optional_callable(name: str, value: object) -> None:
     if value is not None and not callable(value):
         raise ConfigurationTypeError(
             f"{name} must be a callable or None, got {type(value).__name__} "
-            f"{show(value)}"
+            f"{short_repr(value)}"
         )
 
 
@@ -202,7 +256,7 @@ def check_timeout(timeout: object) -> float | None:
     return non_negative("timeout", timeout)
 
 
-def show(resource: object, limit: int = 80) -> str:
+def short_repr(resource: object, limit: int = 80) -> str:
     """``repr(resource)`` cut to ``limit`` characters: a 1 MB resource must not
     make a 1 MB error message or log line."""
     try:
@@ -227,7 +281,7 @@ def key_for(prefix: bytes, resource: object) -> bytes:
             raise ConfigurationError("resource must not be empty")
         return prefix + raw
     raise ConfigurationTypeError(
-        f"resource must be str or bytes, got {type(resource).__name__} {show(resource)}"
+        f"resource must be str or bytes, got {type(resource).__name__} {short_repr(resource)}"
     )
 
 
@@ -249,7 +303,7 @@ def check_clock(clock: object) -> None:
     if clock is not None and not callable(clock):
         raise ConfigurationTypeError(
             f"clock must be a function returning monotonic seconds, or None for "
-            f"time.monotonic; got {type(clock).__name__} {show(clock)}"
+            f"time.monotonic; got {type(clock).__name__} {short_repr(clock)}"
         )
 
 

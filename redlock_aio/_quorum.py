@@ -119,3 +119,75 @@ class Tally:
     @property
     def decision(self) -> Decision:
         return decide(self.n, self.needed, self.yes, self.no)
+
+
+class Quarantined:
+    """A yes from a node in its restart quarantine: the key was set, but the
+    node may have lost a lock that is still held, so the yes does not count.
+
+    :ivar wait: seconds of quarantine left, on the node's clock.
+    :ivar fresh: the node's marker was missing until this request: it has
+        just been found to have lost its data (or to be new).
+    """
+
+    __slots__ = ("fresh", "wait")
+
+    def __init__(self, wait: float, fresh: bool) -> None:
+        self.wait = wait
+        self.fresh = fresh
+
+    def reason(self) -> str:
+        return (
+            "it lost its data or is new (no marker key), so it may have "
+            "forgotten a lock that is still held: its yes counts in "
+            f"{self.wait:.1f} s (restart_quarantine)"
+        )
+
+
+class Renewal(enum.Enum):
+    """The verdict on one decided extension of one lock."""
+
+    #: a quorum extended it in time: its validity is the new one
+    RENEWED = "renewed"
+    #: it is gone: its validity ran out first, or a quorum no longer holds it
+    LOST = "lost"
+    #: no quorum this time (errors, timeouts); it stays valid until its deadline
+    MISSED = "missed"
+
+
+def renewal(
+    *,
+    n: int,
+    needed: int,
+    yes: int,
+    no: int,
+    now: float,
+    old_deadline: float,
+    new_deadline: float,
+) -> tuple[Renewal, str]:
+    """The rule of every extension, by hand (``Lock.extend``) or in the
+    background: renewed only with a quorum of yes before both the current
+    deadline and the new one; lost once the current deadline passed, or a
+    quorum said no (the key is gone or someone else's); else missed. No answer
+    after the current deadline can count: by then another client may
+    legitimately hold the lock. The text says why, for lost and missed."""
+    if yes >= needed and now < old_deadline and now < new_deadline:
+        return Renewal.RENEWED, ""
+    if now >= old_deadline:
+        return (
+            Renewal.LOST,
+            "its validity ran out before a quorum confirmed the extension",
+        )
+    if no >= needed:
+        return Renewal.LOST, f"the key is gone or taken on {no} of {n} nodes"
+    return Renewal.MISSED, f"{yes} of {n} nodes extended it, {needed} needed"
+
+
+def backoff(
+    attempt: int, delay: float, delay_max: float, jitter: float, rand: float
+) -> float:
+    """The delay before attempt ``attempt + 1``: ``delay`` doubled per attempt,
+    at most ``delay_max``, with up to ``jitter`` of it taken off at random
+    (``rand`` in [0, 1)), so that contenders do not retry in lockstep."""
+    base = min(delay_max, delay * 2.0 ** min(attempt - 1, 30))
+    return base * (1.0 - jitter * rand)

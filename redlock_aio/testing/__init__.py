@@ -5,6 +5,8 @@
 - ``_store``: :class:`ProtectedStore`, the resource a lock guards, which logs
   every write as it lands, and :class:`StoreChecker`, which finds writes that
   landed inside another holder's window, or after their own validity.
+- ``_memory``: :class:`InMemoryNode`, a node whose keys live in a dict, with
+  knobs for faults, for focused unit tests.
 - ``_proxy``: :class:`FaultProxy`, an in-process TCP proxy that adds latency,
   blackholes, resets or drops replies between one client and one node.
 - ``_servers``: real local redis-server processes (:class:`RedisServer`,
@@ -22,6 +24,7 @@ from ._checker import (
     MutexChecker as MutexChecker,
     Violation as Violation,
 )
+from ._memory import InMemoryNode as InMemoryNode
 from ._proxy import FaultProxy as FaultProxy
 from ._servers import (
     ENV_VAR as ENV_VAR,
@@ -52,6 +55,7 @@ __all__ = [
     "FaultProxy",
     "Holding",
     "HungNode",
+    "InMemoryNode",
     "LocalCluster",
     "MutexChecker",
     "ProtectedStore",

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from .._redlock import Lock
+    from .._lock import Lock
 
 
 def resource_name(lock: Lock) -> str:

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
     from typing_extensions import Self  # typing-time only: no runtime dependency
 
-    from .._redlock import Lock
+    from .._lock import Lock
 
 #: A request line longer than this closes its connection (a client out of step).
 _MAX_LINE = 1 << 20

@@ -1,5 +1,6 @@
-"""Helpers shared by the integration tests: what the nodes hold, and waiting
-for a lock's requests still in flight."""
+"""Helpers shared by the integration tests: what the nodes hold, waiting for a
+lock's requests still in flight, and one node's operations through
+``Node.submit``."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
-from redlock_aio import Vote
+from redlock_aio import Vote, _commands
 from redlock_aio._scripts import MARKER
 
 if TYPE_CHECKING:
-    from redlock_aio import Lock
+    from redlock_aio import Lock, Node
+    from redlock_aio._commands import Command
     from redlock_aio.testing import LocalCluster
 
 
@@ -19,7 +21,7 @@ async def settle(lock: Lock) -> list[bool | None]:
     """Wait for the lock's requests still in flight (the quorum decides before
     the slowest node answers); each node's last answer: True for yes, False for
     no, None for a failure or a timeout."""
-    await asyncio.wait(lock._tails)
+    await asyncio.wait(lock._last_requests)
     answers = {Vote.YES: True, Vote.QUARANTINED: True, Vote.NO: False}
     return [answers.get(o.vote) for o in lock.outcomes]
 
@@ -59,3 +61,27 @@ def lock_keys(cluster: LocalCluster) -> list[int]:
         assert isinstance(names, list)
         counts.append(sum(not k.endswith(MARKER) for k in names))
     return counts
+
+
+# -- one node's operations, through Node.submit -----------------------------------
+
+
+async def ask(node: Node, command: Command, timeout: float = 5.0) -> object:
+    """Submit ``command`` to ``node`` and decode its reply (its vote)."""
+    return command.decode(await node.submit(command, timeout=timeout))
+
+
+async def set_nx(node: Node, key: bytes, token: bytes, ttl_ms: int) -> bool:
+    return await ask(node, _commands.set_nx(key, token, ttl_ms)) is True
+
+
+async def release(node: Node, key: bytes, token: bytes, *, notify: bool = True) -> bool:
+    return await ask(node, _commands.release(key, token, notify=notify)) is True
+
+
+async def extend(node: Node, key: bytes, token: bytes, ttl_ms: int) -> bool:
+    return await ask(node, _commands.extend(key, token, ttl_ms)) is True
+
+
+async def extend_many(node: Node, items: list[tuple[bytes, bytes, int]]) -> object:
+    return await ask(node, _commands.extend_many(items))

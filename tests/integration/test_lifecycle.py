@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from redlock_aio import AsyncRedlock, RedlockClosed, RedlockError
-from redlock_aio._notify import Channels
+from redlock_aio._pubsub import Channels
 from redlock_aio.testing import FaultProxy, LocalCluster
 
 from .helpers import keys

@@ -23,7 +23,7 @@ ASYNCIO_ONLY = r"runs on asyncio \(or uvloop\) only: this runs on trio"
 
 def make_redlock() -> AsyncRedlock:
     nodes = fake_nodes(3, FakeClock())
-    return AsyncRedlock(nodes, ttl=10.0, restart_quarantine=0)  # type: ignore[arg-type]
+    return AsyncRedlock(nodes, ttl=10.0, restart_quarantine=0)
 
 
 def run_in_trio(step: Callable[[], Awaitable[object]]) -> None:

@@ -252,7 +252,7 @@ def test_one_server_under_two_names_is_given_twice(urls: list[str]) -> None:
 
 
 def test_a_mux_node_on_localhost_and_a_url_on_127_0_0_1_are_one_server() -> None:
-    from redlock_aio._wire import MuxNode
+    from redlock_aio import MuxNode
 
     with pytest.raises(ConfigurationError, match="given twice"):
         AsyncRedlock([MuxNode(host="localhost", port=1), "redis://127.0.0.1:1"])
@@ -282,8 +282,8 @@ def test_other_servers_are_distinct(urls: list[str]) -> None:
     ],
 )
 def test_describe_url_and_mux_node_agree(url: str, port: int, db: int) -> None:
-    from redlock_aio._node import describe_url
-    from redlock_aio._wire import MuxNode
+    from redlock_aio import MuxNode
+    from redlock_aio._url import describe_url
 
     name, identity = describe_url(url)
     node = MuxNode.from_url(url)

@@ -17,9 +17,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 
-from redlock_aio import AsyncRedlock, ConfigurationError
-from redlock_aio._node import describe_url
-from redlock_aio._wire import MuxNode
+from redlock_aio import AsyncRedlock, ConfigurationError, MuxNode
+from redlock_aio._url import describe_url
 
 from .fakes import FakeClock, fake_nodes
 

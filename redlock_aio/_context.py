@@ -2,8 +2,8 @@
 the background, and cancel the block if the lock cannot be kept.
 
 The body runs inside an anyio cancel scope. With auto-extension the lock is
-registered with the AsyncRedlock's :class:`~redlock_aio._extender.Extender`,
-which extends every held lock in batches and marks a lock lost, before its local
+registered with the AsyncRedlock's :class:`~._keeper.Keeper`, which has every
+held lock extended in batches and marks a lock lost, before its local
 deadline, when it cannot keep it. Without, a timer marks the lock lost when its
 validity runs out. A lost lock cancels that scope, so the body stops at its next
 await and the block raises :class:`LockLost`. A cancellation from outside (the
@@ -18,14 +18,15 @@ from typing import TYPE_CHECKING, final
 
 import anyio
 
-from ._config import show
+from ._config import short_repr
 from ._errors import LockLost, RedlockError, ReleaseError
-from ._extender import Entry, Extender
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
     from types import TracebackType
 
-    from ._redlock import AsyncRedlock, Lock
+    from ._keeper import Keeper, Registration
+    from ._lock import Lock
 
 LostCallback = Callable[["Lock"], object]
 
@@ -38,31 +39,32 @@ class LockContext:
     :class:`Lock`. ``__aexit__`` stops keeping it, releases (shielded, even when
     the body failed or was cancelled), then raises :class:`LockLost` if the lock
     was lost while the block ran. Single use.
+
+    :param acquire: acquires the lock (the AsyncRedlock's ``acquire``, its
+        arguments bound).
+    :param keeper: the AsyncRedlock's keeper (created on first use).
+    :param clock: the AsyncRedlock's clock.
     """
 
     def __init__(
         self,
-        redlock: AsyncRedlock,
-        resource: str | bytes,
+        acquire: Callable[[], Awaitable[Lock]],
+        keeper: Callable[[], Keeper],
+        clock: Callable[[], float],
         *,
-        ttl: float | None,
-        blocking: bool,
-        timeout: float | None,
         auto_extend: bool,
         cancel_on_lost: bool,
         on_lost: LostCallback | None,
     ) -> None:
-        self._redlock = redlock
-        self._resource = resource
-        self._ttl = ttl
-        self._blocking = blocking
-        self._timeout = timeout
+        self._acquire = acquire
+        self._keeper_of = keeper
+        self._clock = clock
         self._auto_extend = auto_extend
         self._cancel_on_lost = cancel_on_lost
         self._on_lost = on_lost
         self._lock: Lock | None = None
-        self._extender: Extender | None = None
-        self._entry: Entry | None = None
+        self._keeper: Keeper | None = None
+        self._registration: Registration | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._scope: anyio.CancelScope | None = None
         self._entered = False
@@ -71,23 +73,16 @@ class LockContext:
         if self._entered:
             raise RedlockError("a lock(...) context can be entered only once")
         self._entered = True
-        lock = await self._redlock.acquire(
-            self._resource,
-            ttl=self._ttl,
-            blocking=self._blocking,
-            timeout=self._timeout,
-        )
+        lock = await self._acquire()
         # No await from here to the body: a cancellation cannot strand the lock.
         self._lock = lock
         self._scope = anyio.CancelScope()
         if self._on_lost is not None:
             lock.on_lost(self._on_lost)
-        if self._cancel_on_lost:
-            lock.on_lost(lambda _: self._cancel_body())
-        lock.on_lost(lambda _: self._stop())
+        lock.on_lost(self._lost)
         if self._auto_extend:
-            self._extender = Extender.of(self._redlock)
-            self._entry = self._extender.add(lock)
+            self._keeper = self._keeper_of()
+            self._registration = self._keeper.add(lock)
         else:
             self._watch()
         self._scope.__enter__()
@@ -96,9 +91,9 @@ class LockContext:
     def _stop(self) -> None:
         """Stop keeping the lock: the block ended, or the lock is lost (maybe
         by aclose()) and needs no keeping."""
-        entry, self._entry = self._entry, None
-        if entry is not None and self._extender is not None:
-            self._extender.remove(entry)
+        registration, self._registration = self._registration, None
+        if registration is not None and self._keeper is not None:
+            self._keeper.remove(registration)
         timer, self._timer = self._timer, None
         if timer is not None:
             timer.cancel()
@@ -112,14 +107,17 @@ class LockContext:
         assert lock is not None
         if lock._released or lock._lost_reason is not None:
             return
-        left = lock.valid_until - self._redlock.clock()
+        left = lock.valid_until - self._clock()
         if left > 0:
             self._timer = asyncio.get_running_loop().call_later(left, self._watch)
         else:
             lock._mark_lost("its validity ran out before the block ended")
 
-    def _cancel_body(self) -> None:
-        if self._scope is not None:
+    def _lost(self, lock: Lock) -> None:
+        """The lock is lost: stop keeping it, and cancel the body (unless
+        ``cancel_on_lost=False``)."""
+        self._stop()
+        if self._cancel_on_lost and self._scope is not None:
             self._scope.cancel()
 
     async def __aexit__(
@@ -134,6 +132,10 @@ class LockContext:
         # True when the exception was our own cancellation of the body.
         swallowed = bool(scope.__exit__(exc_type, exc, tb))
         self._stop()
+        lock._forget_callback(self._lost)  # it points back here
+        if self._on_lost is not None:
+            lock._forget_callback(self._on_lost)
+        self._scope = None
         lost = lock.lost
         try:
             await lock.release()
@@ -148,14 +150,15 @@ class LockContext:
             raise _lost_error(lock) from (exc if swallowed else None)
         if lost and exc is not None:
             _note(
-                exc, f"the lock on {show(lock.resource)} was lost: {lock._lost_reason}"
+                exc,
+                f"the lock on {short_repr(lock.resource)} was lost: {lock._lost_reason}",
             )
         return swallowed
 
 
 def _lost_error(lock: Lock) -> LockLost:
     return LockLost(
-        f"lock {show(lock.resource)} was lost while the block ran: {lock._lost_reason}"
+        f"lock {short_repr(lock.resource)} was lost while the block ran: {lock._lost_reason}"
     )
 
 

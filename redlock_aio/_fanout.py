@@ -1,0 +1,490 @@
+"""One round: the same command to every node at once, decided at quorum.
+
+The caller wakes as soon as the vote is decided (a quorum said yes, or a quorum
+is out of reach), not when the slowest node answers. Requests still in flight
+go on; each node times its own requests (see :meth:`~._node.Node.submit`), so a
+hung node costs at most the per-node timeout, and none of it once a majority
+has answered. A late answer still shows in :attr:`Round.outcomes`.
+
+Each request on a node can be ordered after the previous request of the same
+lock on that node (``after``): a release then never overtakes a late ``SET`` or
+``PEXPIRE``, so a key that lands late is still deleted.
+
+Nothing here keeps a round alive once its requests are done: a reply's hook is
+dropped once it has been counted, so rounds are freed by reference counting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import anyio
+
+from ._acl import describe
+from ._errors import NodeError
+from ._quorum import Decision, NodeOutcome, Quarantined, Vote, decide, quorum
+
+if TYPE_CHECKING:
+    from ._commands import Command
+    from ._node import Node
+
+logger = logging.getLogger("redlock_aio")
+
+# Enum members as module constants: on Python 3.11 ``Vote.YES`` is an
+# attribute lookup that costs about 45 ns, and the hot path makes dozens.
+_YES = Vote.YES
+_PENDING = Vote.PENDING
+_UNDECIDED = Decision.PENDING
+_REACHED = Decision.REACHED
+_FAILED = Decision.FAILED
+#: Votes that are answers from the node (not errors, timeouts or pending).
+_ANSWERS = frozenset((Vote.YES, Vote.NO, Vote.QUARANTINED))
+
+
+class Nodes:
+    """A client's nodes and what every round on them shares.
+
+    :ivar nodes: the nodes, in the caller's order.
+    :ivar pending: per node, its outcome before it answered (shared, immutable).
+    :ivar yes: per node, its yes outcome; :ivar no: its no outcome.
+    :ivar failing: per node, whether its latest request failed or timed out
+        (until it answers again).
+    :ivar rounds: the rounds not yet settled on every node (closing waits for them).
+    """
+
+    __slots__ = ("failing", "needed", "no", "nodes", "pending", "rounds", "yes")
+
+    def __init__(self, nodes: Sequence[Node]) -> None:
+        self.nodes = tuple(nodes)
+        self.needed = quorum(len(self.nodes))
+        self.pending = tuple(NodeOutcome(n.name, Vote.PENDING) for n in nodes)
+        self.yes = tuple(NodeOutcome(n.name, Vote.YES) for n in nodes)
+        self.no = tuple(NodeOutcome(n.name, Vote.NO) for n in nodes)
+        self.failing = [False] * len(nodes)
+        self.rounds: set[Round] = set()
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def failed(self, i: int, outcome: NodeOutcome) -> None:
+        """Node ``i`` failed or timed out: a WARNING if it was answering, and
+        one more if that leaves no quorum within reach."""
+        if self.failing[i]:
+            return
+        self.failing[i] = True
+        logger.warning("node %s is failing: %s", self.nodes[i].name, outcome)
+        down = sum(self.failing)
+        n = len(self.nodes)
+        if down == n - self.needed + 1:
+            logger.warning(
+                "no quorum within reach: %d of %d nodes failing (%d needed); no "
+                "lock can be acquired or extended until enough answer again",
+                down,
+                n,
+                self.needed,
+            )
+
+    def recovered(self, i: int) -> None:
+        """Node ``i`` answers again after failing: INFO, once."""
+        self.failing[i] = False
+        down = sum(self.failing)
+        logger.info("node %s answers again", self.nodes[i].name)
+        if down == len(self.nodes) - self.needed:
+            logger.info("a quorum of nodes is within reach again")
+
+    def in_flight(self) -> list[asyncio.Future[Any]]:
+        """Every request of every round not yet answered or timed out."""
+        return [f for r in self.rounds for f in r.replies if not f.done()]
+
+
+def _failure(node: Node, fut: asyncio.Future[Any], script: str | None) -> NodeOutcome:
+    """The outcome of a request that failed: a timeout, an error, or cancelled
+    (the client is closing)."""
+    name = node.name
+    try:
+        exc = fut.exception()
+    except asyncio.CancelledError:
+        return NodeOutcome(
+            name, Vote.ERROR, NodeError(name, "request cancelled (client closing)")
+        )
+    assert exc is not None
+    if isinstance(exc, TimeoutError):
+        err = NodeError(name, str(exc) or "no reply in time")
+        err.__cause__ = exc
+        return NodeOutcome(name, Vote.TIMEOUT, err)
+    err = NodeError(name, describe(exc, script))
+    err.__cause__ = exc
+    return NodeOutcome(name, Vote.ERROR, err)
+
+
+class Round:
+    """Send one command to every node now; :attr:`decided` resolves once the
+    outcome is known.
+
+    :param nodes: the nodes.
+    :param command: what to send.
+    :param timeout: seconds each node gets (see :meth:`~._node.Node.submit`).
+    :param needed: yes votes that make the outcome a success.
+    :param only: the indices of the nodes to ask (default: all), in order;
+        ``after`` and :attr:`outcomes` follow this order.
+    :param wait_all: resolve once every node has answered or failed, not at
+        quorum; with ``answered_before``, as soon as ``needed`` nodes answered
+        (yes or no) and every node that answered the previous request has.
+    :param answered_before: with ``wait_all``, the outcomes of the previous
+        request on the same nodes (live, as they come). A node that failed or
+        timed out on it, or has not answered it yet when the others are done,
+        is not waited for: its request goes on in the background (a release
+        need not wait for a node that was slow).
+    :param after: per node, a request this one must be answered after.
+    :param not_after: an event-loop time after which no answer can count.
+
+    :ivar replies: per node, the future of its request.
+    :ivar outcomes: per node, its outcome so far (pending until it settles).
+    :ivar decision: the outcome once decided (:attr:`decided` may have been
+        cancelled by its waiter meanwhile).
+    :ivar yes: the yes votes so far.
+    :ivar answered: the answers so far (yes, no or quarantined; not errors or
+        timeouts).
+    """
+
+    __slots__ = (
+        "_answered_before",
+        "_command",
+        "_left",
+        "_needed",
+        "_no",
+        "_nodes",
+        "_wait_all",
+        "_watchers",
+        "answered",
+        "decided",
+        "decision",
+        "outcomes",
+        "replies",
+        "yes",
+    )
+
+    def __init__(
+        self,
+        nodes: Nodes,
+        command: Command,
+        *,
+        timeout: float,
+        needed: int,
+        only: Sequence[int] | None = None,
+        wait_all: bool = False,
+        answered_before: Sequence[NodeOutcome] | None = None,
+        after: Sequence[asyncio.Future[Any] | None] | None = None,
+        not_after: float | None = None,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        self._nodes = nodes
+        self._command = command
+        self._wait_all = wait_all
+        self._answered_before = answered_before
+        self._needed = needed
+        self.yes = self._no = self.answered = 0
+        self.decided: asyncio.Future[Decision] = loop.create_future()
+        self.decision = _UNDECIDED
+        self._watchers: list[asyncio.Future[Decision]] | None = None
+        pending = nodes.pending
+        index: Sequence[int]
+        if only is None:
+            index = range(len(pending))
+            self.outcomes: list[NodeOutcome] = list(pending)
+        else:
+            index = only
+            self.outcomes = [pending[i] for i in index]
+        self._left = len(index)
+        replies: list[asyncio.Future[Any]] = []
+        self.replies = replies
+        if not index:
+            return
+        nodes.rounds.add(self)
+        on_reply = self._on_reply
+        node_list = nodes.nodes
+        timeout = max(timeout, 0.0)
+        for j, i in enumerate(index):
+            replies.append(
+                node_list[i].submit(
+                    command,
+                    timeout=timeout,
+                    after=None if after is None else after[j],
+                    on_done=partial(on_reply, j, i),
+                    not_after=not_after,
+                )
+            )
+
+    def _on_reply(self, j: int, i: int, fut: asyncio.Future[Any]) -> None:
+        """Node ``i`` (``j``-th of this round) settled: count its vote."""
+        nodes = self._nodes
+        ours = False  # a cancellation of ours (closing) says nothing of the node
+        if fut.cancelled() or fut.exception() is not None:
+            outcome = _failure(nodes.nodes[i], fut, self._command.script)
+            ours = fut.cancelled()
+        else:
+            vote = self._command.decode(fut.result())
+            if vote is True:
+                outcome = nodes.yes[i]
+            elif vote is False:
+                outcome = nodes.no[i]
+            elif type(vote) is Quarantined:
+                outcome = _quarantined(nodes.nodes[i].name, vote)
+            else:
+                name = nodes.nodes[i].name
+                err = NodeError(name, f"unexpected reply {vote!r:.80}")
+                outcome = NodeOutcome(name, Vote.ERROR, err)
+        self.outcomes[j] = outcome
+        self._left -= 1
+        if not self._left:
+            nodes.rounds.discard(self)
+        vote = outcome.vote
+        if vote is _YES:
+            self.yes += 1
+            self.answered += 1
+            if nodes.failing[i]:
+                nodes.recovered(i)
+        else:
+            self._no += 1
+            if vote in _ANSWERS:
+                self.answered += 1
+                if nodes.failing[i]:
+                    nodes.recovered(i)
+            elif not ours:
+                nodes.failed(i, outcome)
+        if self.decision is not _UNDECIDED:
+            return
+        needed = self._needed
+        if self._wait_all:
+            if not self._left or (self.answered >= needed and self._rest_excused()):
+                self._decide(_REACHED if self.yes >= needed else _FAILED)
+        else:
+            decision = decide(len(self.outcomes), needed, self.yes, self._no)
+            if decision is not _UNDECIDED:
+                self._decide(decision)
+
+    def _rest_excused(self) -> bool:
+        """Every node still pending failed, timed out or has not answered the
+        previous request (see ``answered_before``)."""
+        before = self._answered_before
+        if before is None:
+            return False
+        for now, then in zip(self.outcomes, before, strict=True):
+            if now.vote is _PENDING and then.vote in _ANSWERS:
+                return False
+        return True
+
+    def _decide(self, decision: Decision) -> None:
+        self.decision = decision
+        if not self.decided.done():
+            self.decided.set_result(decision)
+        watchers, self._watchers = self._watchers, None
+        for fut in watchers or ():
+            if not fut.done():
+                fut.set_result(decision)
+
+    def watch(self) -> asyncio.Future[Decision]:
+        """A new future that resolves with the decision (for a waiter whose
+        wait for :attr:`decided` was cancelled)."""
+        fut: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        if self.decision is not _UNDECIDED:
+            fut.set_result(self.decision)
+        elif self._watchers is None:
+            self._watchers = [fut]
+        else:
+            self._watchers.append(fut)
+        return fut
+
+
+#: Called when one lock of a batch is decided: its index in the batch, the
+#: decision, and its yes and no votes so far (no: the node does not hold the
+#: key; errors and timeouts are neither).
+OnDecided = Callable[[int, Decision, int, int], None]
+
+
+class BatchRound:
+    """One command over several locks (``extend_many``) to every node at once;
+    each lock is decided on its own, at quorum, as in :class:`Round`.
+
+    :param locks: how many locks the command covers (its reply has one vote
+        per lock).
+    :param after: per node, a request this one must be answered after.
+    :param on_decided: see :data:`OnDecided`.
+
+    :ivar outcomes: per lock, per node, its outcome so far.
+    :ivar replies: per node, the future of its request.
+    """
+
+    __slots__ = (
+        "_against",
+        "_command",
+        "_decided",
+        "_needed",
+        "_no",
+        "_nodes",
+        "_on_decided",
+        "_yes",
+        "outcomes",
+        "replies",
+    )
+
+    def __init__(
+        self,
+        nodes: Nodes,
+        command: Command,
+        *,
+        locks: int,
+        timeout: float,
+        needed: int,
+        on_decided: OnDecided,
+        after: Sequence[asyncio.Future[Any] | None] | None = None,
+        not_after: float | None = None,
+    ) -> None:
+        self._nodes = nodes
+        self._command = command
+        self._needed = needed
+        self._on_decided = on_decided
+        pending = list(nodes.pending)
+        self.outcomes = [pending.copy() for _ in range(locks)]
+        self._yes = [0] * locks
+        self._no = [0] * locks
+        self._against = [0] * locks
+        self._decided = [False] * locks
+        on_reply = self._on_reply
+        timeout = max(timeout, 0.0)
+        self.replies: list[asyncio.Future[Any]] = [
+            node.submit(
+                command,
+                timeout=timeout,
+                after=None if after is None else after[i],
+                on_done=partial(on_reply, i),
+                not_after=not_after,
+            )
+            for i, node in enumerate(nodes.nodes)
+        ]
+
+    def _on_reply(self, i: int, fut: asyncio.Future[Any]) -> None:
+        nodes = self._nodes
+        node = nodes.nodes[i]
+        m = len(self.outcomes)
+        votes: list[bool] | None = None
+        failed: NodeOutcome | None = None
+        if fut.cancelled() or fut.exception() is not None:
+            failed = _failure(node, fut, self._command.script)
+        else:
+            decoded = self._command.decode(fut.result())
+            if isinstance(decoded, list) and len(decoded) == m:
+                votes = decoded
+            else:
+                got = len(decoded) if isinstance(decoded, list) else "no"
+                err = NodeError(
+                    node.name, f"extend_many gave {got} answers for {m} keys"
+                )
+                failed = NodeOutcome(node.name, Vote.ERROR, err)
+        if votes is not None:
+            if nodes.failing[i]:
+                nodes.recovered(i)
+        elif not fut.cancelled():  # a cancellation of ours (closing) is not news
+            assert failed is not None
+            nodes.failed(i, failed)
+        yes, no = nodes.yes[i], nodes.no[i]
+        n = len(nodes.nodes)
+        needed = self._needed
+        yes_count, no_count, against = self._yes, self._no, self._against
+        decided = self._decided
+        for k in range(m):
+            if votes is None:
+                against[k] += 1
+                self.outcomes[k][i] = failed  # type: ignore[assignment]
+            elif votes[k]:
+                yes_count[k] += 1
+                self.outcomes[k][i] = yes
+            else:
+                no_count[k] += 1
+                against[k] += 1
+                self.outcomes[k][i] = no
+            if not decided[k]:
+                decision = decide(n, needed, yes_count[k], against[k])
+                if decision is not _UNDECIDED:
+                    decided[k] = True
+                    try:
+                        self._on_decided(k, decision, yes_count[k], no_count[k])
+                    except Exception:  # a bug: the other locks must still be decided
+                        logger.exception("deciding an extension")
+
+
+def _quarantined(name: str, grant: Quarantined) -> NodeOutcome:
+    """The outcome of a yes that must not count yet; a node just found to have
+    lost its data is a warning (the first client that sees it logs it)."""
+    if grant.fresh:
+        logger.warning(
+            "node %s has no marker key: it lost its data (a restart without "
+            "persistence, FLUSHALL, a replaced server) or is new; its yes votes "
+            "count again after a restart quarantine of %.1f s. On a new "
+            "deployment, `redlock-aio init` (AsyncRedlock.init_nodes) spares it",
+            name,
+            grant.wait,
+        )
+    return NodeOutcome(name, Vote.QUARANTINED, NodeError(name, grant.reason()))
+
+
+async def wait_decided(rnd: Round) -> Decision:
+    """Wait for the round's decision, which comes by itself within a bound (the
+    per-node timeout), even if the caller is cancelled meanwhile; then re-raise
+    that cancellation. This is how release and the cleanup of a failed or
+    cancelled acquire finish their work before a cancellation propagates."""
+    try:
+        return await rnd.decided  # cancelling it does not stop the round
+    except asyncio.CancelledError as first:
+        await _finish_then_reraise(
+            lambda: rnd.decision is not _UNDECIDED, rnd.watch, first
+        )
+
+
+async def wait_tasks_shielded(tasks: Sequence[asyncio.Future[Any]]) -> None:
+    """Wait, shielded as :func:`wait_decided`, until every task has ended."""
+    pending = [t for t in tasks if not t.done()]
+    if pending:
+        fut = _all_done(pending)
+        try:
+            await asyncio.shield(fut)
+        except asyncio.CancelledError as first:
+            await _finish_then_reraise(fut.done, lambda: asyncio.shield(fut), first)
+
+
+async def _finish_then_reraise(
+    done: Callable[[], bool],
+    watch: Callable[[], Awaitable[object]],
+    cancelled: asyncio.CancelledError,
+) -> NoReturn:
+    """Wait, shielded, until ``done()``, awaiting ``watch()`` meanwhile; then
+    raise the (latest) cancellation."""
+    # A cancelled anyio scope re-delivers its cancellation at every await:
+    # shield this task from it until done.
+    with anyio.CancelScope(shield=True):
+        while not done():
+            try:
+                await watch()
+            except asyncio.CancelledError as exc:
+                cancelled = exc
+    raise cancelled
+
+
+def _all_done(tasks: Sequence[asyncio.Future[Any]]) -> asyncio.Future[Decision]:
+    """A future that resolves when every task has ended, whatever their result."""
+    fut: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+    left = len(tasks)
+
+    def done(_: asyncio.Future[Any]) -> None:
+        nonlocal left
+        left -= 1
+        if left == 0 and not fut.done():
+            fut.set_result(Decision.REACHED)
+
+    for t in tasks:
+        t.add_done_callback(done)
+    return fut

@@ -1,0 +1,911 @@
+"""The lean per-node transport: :class:`MuxNode`, one pipelined connection per
+node.
+
+A lock is on every request's hot path. redis-py's pooled client spends most of a
+request's client CPU on pool checkout and checkin, command packing and response
+callbacks. Here every concurrent request shares ONE connection: its bytes
+(encoded once, by :mod:`._commands`) are written at once and its future queued
+FIFO; an :class:`asyncio.Protocol` feeds what arrives into a ``hiredis.Reader``
+and resolves the futures in order. No task, pool or lock per request.
+
+The connection owns every request's timeout, because only it knows:
+
+- when a request was really written (a burst's writes are sent together at the
+  end of the turn of the loop that made them, and requests made while the
+  connection opens are written once it is up): the timeout counts from there;
+- whether the node is still answering: a request that times out while replies
+  to this client's earlier requests keep arriving gets up to
+  :data:`BACKLOG_GRACE` more timeouts (a client's own burst is not a failing
+  node), never past its ``not_after``;
+- whether the node is stuck: a request that times out with no complete reply
+  since it was written (a node that hangs, or streams a reply that never ends)
+  aborts the connection, failing every request on it, as does a reply that
+  grows past :data:`MAX_REPLY_BYTES`.
+
+Failure policy: anything that could desynchronise the FIFO (a protocol error, a
+lost connection, a failed AUTH or SELECT) aborts the connection and fails every
+request still in flight on it with ``redis.exceptions.ConnectionError``; the
+next request reconnects. A reply lost that way is harmless to the algorithm,
+which releases everywhere after a failed attempt. A request that timed out keeps
+its place in the FIFO: its reply is dropped when it comes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections import deque
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+
+import hiredis
+from redis.exceptions import (
+    AuthenticationError,
+    ConnectionError,
+    NoScriptError,
+    ResponseError,
+)
+
+from . import _commands
+from ._errors import ConfigurationError, RedlockError
+from ._node import ServerFacts
+from ._pubsub import Channels, leave_channels, shared_channels
+from ._resp import Arg, encode_command, reply_error
+from ._url import mux_params
+
+if TYPE_CHECKING:
+    import ssl
+    from collections.abc import Callable, Hashable
+
+    from ._commands import Command
+    from ._node import OnDone
+
+__all__ = ["MuxNode"]
+
+logger = logging.getLogger("redlock_aio")
+
+#: Requests in flight on a connection that make it busy: the writes after it in
+#: the same turn of the loop are then held and sent together at the end of the
+#: turn (one system call for many requests). A connection with fewer in flight
+#: (one client making requests one after the other) writes each at once.
+CORK_DEPTH = 8
+#: More timeouts a request gets while its node is still answering others.
+BACKLOG_GRACE = 4
+#: The most bytes a reply may take (the library's largest, an ``extend_many``
+#: of 1,000 locks, takes 4 KB): a node streaming more is aborted, not buffered.
+MAX_REPLY_BYTES = 16 * 1024 * 1024
+
+_P = TypeVar("_P", bound=asyncio.Protocol)
+
+#: A set-up command sent on every new connection: a label for messages, the
+#: encoded command, and what to do with its reply (``None``: it must succeed,
+#: or the connection fails; else the handler gets the reply, error or not).
+Setup: TypeAlias = "tuple[str, bytes, Callable[[object], None] | None]"
+
+_CONFIG_GET_POLICY = encode_command(("CONFIG", "GET", "maxmemory-policy"))
+
+
+def _ignore(reply: object) -> None:
+    """A ``SCRIPT LOAD`` reply: an error shows on the request written after it."""
+
+
+_LOAD_SCRIPTS: list[Setup] = [
+    ("SCRIPT LOAD", encode_command(("SCRIPT", "LOAD", script)), _ignore)
+    for script in _commands.SCRIPTS
+]
+
+
+class PendingReply(asyncio.Future[Any]):
+    """The future of one request to a :class:`MuxNode`, and what its
+    connection needs to time it: when it is due, how much grace it has had,
+    and how many replies the connection had read when it was written.
+
+    ``on_done``, if set, is called as soon as the future is done, in the same
+    turn of the loop, then dropped (no reference back to the caller survives
+    the request).
+    """
+
+    __slots__ = (
+        "command",
+        "conn",
+        "deadline",
+        "graces",
+        "mark",
+        "node",
+        "not_after",
+        "on_done",
+        "reloaded",
+        "timeout",
+    )
+
+    command: Command | None
+    conn: _Connection | None
+    #: loop time at which it is due; infinite until written
+    deadline: float
+    graces: int
+    #: ``conn.answered`` when it was written
+    mark: int
+    node: MuxNode
+    not_after: float
+    on_done: OnDone | None
+    #: written again after NOSCRIPT (once only)
+    reloaded: bool
+    timeout: float
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        # Cancelled by its caller: its reply, when it comes, is dropped.
+        if not super().cancel(msg):
+            return False
+        self.node._cancelled(self)
+        self.settled()
+        return True
+
+    def settled(self) -> None:
+        """Call and drop ``on_done``, and drop the command (the future is done)."""
+        self.command = None
+        hook, self.on_done = self.on_done, None
+        if hook is not None:
+            try:
+                hook(self)
+            except Exception:  # a bug: must not break the connection
+                logger.exception("handling a reply")
+
+
+def _timed_out(fut: PendingReply) -> None:
+    fut.set_exception(TimeoutError(f"no reply within {fut.timeout * 1000:.0f} ms"))
+    fut.settled()
+
+
+class _Connection(asyncio.Protocol):
+    """One connection: writes requests as they come, resolves their futures in
+    order as replies arrive, and times them (see the module docstring).
+
+    The FIFO holds a future per request, or ``None`` for a set-up command
+    (AUTH, SELECT, SCRIPT LOAD, ...), whose label and reply handler are in
+    ``_setup``.
+    """
+
+    __slots__ = (
+        "_buffered",
+        "_corked",
+        "_corked_replies",
+        "_gates",
+        "_later",
+        "_loading",
+        "_loop",
+        "_node",
+        "_reader",
+        "_setup",
+        "_timer",
+        "_timer_at",
+        "_transport",
+        "_waiters",
+        "answered",
+        "answered_at",
+        "failure",
+        "lost",
+        "ready",
+    )
+
+    def __init__(self, node: MuxNode, loop: asyncio.AbstractEventLoop) -> None:
+        self._node = node
+        self._loop = loop
+        self._reader = hiredis.Reader(replyError=reply_error)
+        self._waiters: deque[PendingReply | None] = deque()
+        self._setup: deque[tuple[str, Callable[[object], None] | None]] = deque()
+        self._transport: asyncio.Transport | None = None
+        # Scripts being loaded again after NOSCRIPT.
+        self._loading: set[str] = set()
+        # Writes held since the first of this turn (a burst), sent together.
+        self._corked: list[bytes] | None = None
+        self._corked_replies: list[PendingReply] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+        # Bytes read since the last complete reply.
+        self._buffered = 0
+        #: Why the connection is unusable (exception class, message), once it is.
+        self.failure: tuple[type[Exception], str] | None = None
+        #: Complete replies read so far, and when the last one was (loop time).
+        self.answered = 0
+        self.answered_at = 0.0
+        #: Resolves when the transport is closed for good (its socket released).
+        self.lost: asyncio.Future[None] = loop.create_future()
+        #: Resolves once every required set-up command has succeeded: only
+        #: then may a request be written (see :meth:`set_up`).
+        self.ready: asyncio.Future[None] = loop.create_future()
+        # Required set-up commands not yet answered, and the set-up commands
+        # held back until AUTH is answered.
+        self._gates = 0
+        self._later: list[Setup] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Any transport of the running loop: asyncio's, uvloop's (whose
+        # classes are not asyncio.Transport subclasses) or an SSL one.
+        self._transport = transport  # type: ignore[assignment]
+        self._node._conns.add(self)
+
+    # -- set-up --------------------------------------------------------------------
+
+    def set_up(self, commands: list[Setup]) -> None:
+        """Write the set-up commands; :attr:`ready` resolves once the required
+        ones (handler ``None``: AUTH, SELECT, CLIENT SETNAME) have succeeded.
+
+        Nothing is written after AUTH until its reply is in: a command
+        pipelined behind a failed AUTH would run as the server's default user
+        (a SET on a server whose default user needs no password)."""
+        self._gates = sum(1 for _, _, handler in commands if handler is None)
+        if not self._gates:
+            self.ready.set_result(None)
+        self._write_set_up(commands)
+
+    def _write_set_up(self, commands: list[Setup]) -> None:
+        for k, (label, payload, handler) in enumerate(commands):
+            self._write(payload)
+            self._waiters.append(None)
+            self._setup.append((label, handler))
+            if label == "AUTH":
+                self._later = commands[k + 1 :]
+                return
+
+    def _set_up_reply(self, reply: object) -> bool:
+        """Handle a set-up command's reply; True if it failed the connection."""
+        label, handler = self._setup.popleft()
+        if handler is not None:
+            try:
+                handler(reply)
+            except Exception:
+                logger.exception(
+                    "node %s: handling the %s reply", self._node.name, label
+                )
+            return False
+        if not isinstance(reply, Exception):
+            if label == "AUTH":
+                later, self._later = self._later, []
+                self._write_set_up(later)
+            self._gates -= 1
+            if not self._gates and not self.ready.done():
+                self.ready.set_result(None)
+            return False
+        name = self._node.name
+        if label == "AUTH":
+            self.fail(
+                AuthenticationError,
+                f"authentication to {name} failed: {reply} (check the user name "
+                "and password in the node URL)",
+            )
+        else:
+            self.fail(ConnectionError, f"{label} on {name} failed: {reply}")
+        return True
+
+    # -- writing -------------------------------------------------------------------
+
+    def usable(self) -> bool:
+        """Whether requests may still be written. Not once the connection
+        failed, nor once its transport is closing: asyncio saw a write error
+        and will call :meth:`connection_lost` later, and a write meanwhile is
+        lost (and logged by asyncio as "socket.send() raised exception")."""
+        if self.failure is not None:
+            return False
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            return True
+        self.fail(ConnectionError, f"connection to {self._node.name} lost")
+        return False
+
+    def send(self, fut: PendingReply) -> None:
+        """Write ``fut``'s request now (or with this turn's burst), and time it
+        from then."""
+        fut.conn = self
+        command = fut.command
+        assert command is not None
+        corked = self._corked
+        if corked is None:
+            self._transport.write(command.resp)  # type: ignore[union-attr]
+            self._stamp(fut, self._loop.time())
+            if len(self._waiters) >= CORK_DEPTH:
+                # Busy: hold the next writes of this turn, send them at its end
+                # together (they would wait behind these replies anyway).
+                self._corked = []
+                self._loop.call_soon(self.uncork)
+        else:
+            corked.append(command.resp)
+            self._corked_replies.append(fut)
+        self._waiters.append(fut)
+
+    def _stamp(self, fut: PendingReply, now: float) -> None:
+        """``fut`` was written at ``now``: it is due a timeout later."""
+        fut.mark = self.answered
+        deadline = min(now + fut.timeout, fut.not_after)
+        fut.deadline = deadline
+        if deadline < self._timer_at:
+            self._arm(deadline)
+
+    def _write(self, data: bytes) -> None:
+        """Write ``data`` now, or with the held writes if a burst is on (see
+        :data:`CORK_DEPTH`)."""
+        corked = self._corked
+        if corked is None:
+            self._transport.write(data)  # type: ignore[union-attr]
+        else:
+            corked.append(data)
+
+    def uncork(self) -> None:
+        """Send the writes held since the first of this turn; their timeouts
+        start now."""
+        corked, self._corked = self._corked, None
+        replies, self._corked_replies = self._corked_replies, []
+        if corked and self.usable():
+            self._transport.write(b"".join(corked))  # type: ignore[union-attr]
+            now = self._loop.time()
+            for fut in replies:
+                if not fut.done():
+                    self._stamp(fut, now)
+
+    def _reload(self, fut: PendingReply) -> None:
+        """Load ``fut``'s script (the node answered NOSCRIPT) and write the
+        request again, behind the requests already in flight. One SCRIPT LOAD
+        serves every request of a burst that got NOSCRIPT. The request keeps
+        its mark and deadline: the node has answered since it was written."""
+        command = fut.command
+        assert command is not None
+        assert command.script is not None
+        script = command.script
+        if script not in self._loading:
+            self._loading.add(script)
+            self._write(encode_command(("SCRIPT", "LOAD", script)))
+            self._waiters.append(None)
+            self._setup.append(("SCRIPT LOAD", self._loading.discard))
+        self._write(command.resp)
+        fut.reloaded = True  # once: a second NOSCRIPT is an error
+        self._waiters.append(fut)
+
+    # -- timing --------------------------------------------------------------------
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self._loop.call_at(when, self._due)
+
+    def _due(self) -> None:
+        # Two more turns of the loop before judging: on uvloop, timers run
+        # before the loop reads its sockets, and a reply that arrived during a
+        # stall of the client (a long turn, a collection) must count.
+        self._timer = None
+        self._timer_at = math.inf
+        self._loop.call_soon(self._loop.call_soon, self._check)
+
+    def _check(self) -> None:
+        """Time out the requests now due, oldest first; see the module
+        docstring for the rule."""
+        if self.failure is not None:
+            return
+        now = self._loop.time()
+        answered_at = self.answered_at
+        next_at = math.inf
+        for fut in list(self._waiters):  # a timed-out request's hook may send
+            if fut is None or fut.done():
+                continue
+            deadline = fut.deadline
+            if deadline > now:
+                next_at = min(next_at, deadline)
+                if deadline != math.inf:
+                    break  # the rest were written later
+                continue
+            if self.answered == fut.mark:
+                # Stuck: this request timed out; the rest fail with the connection.
+                _timed_out(fut)
+                self.fail(
+                    ConnectionError,
+                    f"connection to {self._node.name} aborted: no reply within "
+                    f"{fut.timeout * 1000:.0f} ms",
+                )
+                return
+            if (
+                fut.graces < BACKLOG_GRACE
+                and now - answered_at < fut.timeout
+                and now < fut.not_after
+            ):
+                # Busy, not stuck: the node answers this client's backlog.
+                fut.graces += 1
+                fut.deadline = min(now + fut.timeout, fut.not_after)
+                next_at = min(next_at, fut.deadline)
+                continue
+            _timed_out(fut)
+        if next_at < self._timer_at:
+            self._arm(next_at)
+
+    # -- reading -------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        waiters = self._waiters
+        count = 0
+        try:
+            reader.feed(data)
+            reply = reader.gets()
+            while reply is not False:
+                count += 1
+                fut = waiters.popleft()
+                if fut is None:
+                    if self._set_up_reply(reply):
+                        return
+                elif not fut.done():
+                    if not isinstance(reply, Exception):
+                        fut.set_result(reply)
+                    elif (
+                        isinstance(reply, NoScriptError)
+                        and not fut.reloaded
+                        and fut.command is not None
+                        and fut.command.script is not None
+                    ):
+                        self._reload(fut)
+                        reply = reader.gets()
+                        continue
+                    else:
+                        fut.set_exception(reply)
+                    fut.settled()
+                reply = reader.gets()
+        except (hiredis.HiredisError, IndexError) as exc:
+            what = "an unexpected reply" if isinstance(exc, IndexError) else exc
+            self.fail(ConnectionError, f"protocol error from {self._node.name}: {what}")
+            return
+        finally:
+            if count:
+                self.answered += count
+                self.answered_at = self._loop.time()
+        if count:
+            self._buffered = 0
+        else:
+            self._buffered += len(data)
+            if self._buffered > MAX_REPLY_BYTES:
+                self.fail(
+                    ConnectionError,
+                    f"connection to {self._node.name} aborted: a reply of over "
+                    f"{MAX_REPLY_BYTES // 2**20} MB",
+                )
+
+    def eof_received(self) -> bool:
+        # Fail now, not at connection_lost: no request may be written meanwhile.
+        self.fail(ConnectionError, f"connection to {self._node.name} closed by server")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        why = f"{type(exc).__name__}: {exc}" if exc is not None else "closed by server"
+        self.fail(ConnectionError, f"connection to {self._node.name} lost ({why})")
+        self._node._conns.discard(self)
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def fail(self, exc_type: type[Exception], message: str) -> None:
+        """Make the connection unusable: abort it, and fail every request still
+        in flight on it with ``exc_type(message)``. Only the first call acts."""
+        if self.failure is not None:
+            return
+        self.failure = (exc_type, message)
+        self._node._forget(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self.ready.done():
+            self.ready.set_exception(exc_type(message))
+            self.ready.exception()  # retrieved: the opener may be gone
+        waiters, self._waiters = self._waiters, deque()
+        self._corked_replies = []
+        for fut in waiters:
+            if fut is not None and not fut.done():
+                fut.set_exception(exc_type(message))
+                fut.settled()
+        if self._transport is not None:
+            self._transport.abort()
+
+
+class MuxNode:
+    """A :class:`~redlock_aio.Node` on one pipelined connection, written in
+    RESP and read with hiredis.
+
+    Connects lazily; requests made meanwhile wait (each under its timeout) and
+    are written once the connection is up. AUTH is sent first and alone;
+    SELECT, CLIENT SETNAME and the scripts' SCRIPT LOAD follow once it has
+    succeeded, and no request is written before every one of them has (a
+    failed AUTH or SELECT closes the connection). The scripts run by EVALSHA
+    and are loaded again transparently after NOSCRIPT (a ``SCRIPT FLUSH`` or a
+    restart).
+
+    Error replies raise what redis-py raises for them (a ``ResponseError``
+    subclass such as ``NoScriptError``, ``ReadOnlyError``, ``OutOfMemoryError``;
+    ``AuthenticationError`` for NOAUTH/WRONGPASS); connection failures raise
+    ``redis.exceptions.ConnectionError``; a request not answered in time
+    raises :class:`TimeoutError`. Messages name the node, never a password.
+
+    Until answered once, a new connection also asks ``CONFIG GET
+    maxmemory-policy`` for :attr:`facts` (a warning if keys may be evicted).
+
+    Build one with :meth:`from_url`. :meth:`aclose` is final and idempotent.
+
+    :ivar facts: what the server said about itself.
+    :ivar connects: connections opened so far (for tests and monitoring).
+    """
+
+    __slots__ = (
+        "_channels",
+        "_closed",
+        "_conn",
+        "_connecting",
+        "_conns",
+        "_host",
+        "_opening",
+        "_path",
+        "_port",
+        "_queue_timer",
+        "_queued",
+        "_setup",
+        "_ssl",
+        "connects",
+        "facts",
+        "identity",
+        "name",
+    )
+
+    def __init__(
+        self,
+        *,
+        host: str = "localhost",
+        port: int = 6379,
+        path: str | None = None,
+        db: int = 0,
+        username: str | None = None,
+        password: str | None = None,
+        client_name: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        name: str | None = None,
+        identity: Hashable | None = None,
+    ) -> None:
+        """Prefer :meth:`from_url`. ``path`` selects a unix socket (and ignores
+        host and port); ``name`` and ``identity`` default to those of the URL
+        that would describe the same node."""
+        if username is not None and password is None:
+            raise ConfigurationError("a user name needs a password")
+        self._host = host
+        self._port = port
+        self._path = path
+        self._ssl = ssl_context
+        if name is None or identity is None:
+            default: tuple[str, Hashable]
+            if path is not None:
+                default = (f"unix:{path}", ("unix", path, db))
+            else:
+                where = f"{host}:{port}" if db == 0 else f"{host}:{port}/{db}"
+                default = (where, ("tcp", host.lower(), port, db))
+            name = default[0] if name is None else name
+            identity = default[1] if identity is None else identity
+        self.name: str = name
+        self.identity: Hashable = identity
+        self.facts = ServerFacts(self.name)
+        self._setup: list[Setup] = []
+        if password is not None:
+            auth = (username, password) if username is not None else (password,)
+            self._setup.append(("AUTH", encode_command(("AUTH", *auth)), None))
+        if client_name is not None:
+            setname = encode_command(("CLIENT", "SETNAME", client_name))
+            self._setup.append(("CLIENT SETNAME", setname, None))
+        if db != 0:
+            self._setup.append((f"SELECT {db}", encode_command(("SELECT", db)), None))
+        # The scripts, loaded up front: no request pays a NOSCRIPT round trip,
+        # and no burst of them gets NOSCRIPT together on a fresh node.
+        self._setup += _LOAD_SCRIPTS
+        self._conn: _Connection | None = None
+        self._conns: set[_Connection] = set()
+        self._connecting: asyncio.Task[_Connection] | None = None
+        self._opening: _Connection | None = None
+        # Requests made while no connection is up, in order.
+        self._queued: list[PendingReply] = []
+        self._queue_timer: asyncio.TimerHandle | None = None
+        self._closed = False
+        self._channels: Channels | None = None
+        self.connects = 0
+
+    @classmethod
+    def from_url(cls, url: str) -> MuxNode:
+        """A node for a ``redis://[[user]:password@]host[:port][/db]``,
+        ``rediss://...`` (TLS) or ``unix:///path/to/redis.sock[?db=N]`` URL
+        (its parameters: :func:`~._url.mux_params`).
+
+        :raises ConfigurationError: the URL is invalid or asks for something
+            this transport does not do (no I/O has been done, except reading
+            TLS certificate files).
+        """
+        p = mux_params(url)
+        return cls(
+            host=p.host,
+            port=p.port,
+            path=p.path,
+            db=p.db,
+            username=p.username,
+            password=p.password,
+            client_name=p.client_name,
+            ssl_context=p.ssl_context,
+            name=p.name,
+            identity=p.identity,
+        )
+
+    # -- the Node protocol ---------------------------------------------------------
+
+    def submit(
+        self,
+        command: Command,
+        *,
+        timeout: float,
+        after: asyncio.Future[object] | None = None,
+        on_done: OnDone | None = None,
+        not_after: float | None = None,
+    ) -> asyncio.Future[object]:
+        loop = asyncio.get_running_loop()
+        fut = PendingReply(loop=loop)
+        fut.command = command
+        fut.node = self
+        fut.conn = None
+        fut.timeout = timeout
+        fut.not_after = math.inf if not_after is None else not_after
+        fut.graces = 0
+        fut.reloaded = False
+        fut.mark = 0
+        fut.deadline = math.inf
+        fut.on_done = on_done
+        conn = self._conn
+        # ``after`` needs no check: a request still in flight on this node is
+        # on its one connection (answered first) or queued (written first).
+        if conn is not None and conn.usable():
+            if conn._loop is not loop:
+                fut.set_exception(
+                    RedlockError(
+                        f"{self.name}: this node's connection belongs to another "
+                        "event loop; create one client per event loop"
+                    )
+                )
+                fut.settled()
+            else:
+                conn.send(fut)
+        else:
+            self._queue(fut, loop)
+        return fut
+
+    async def execute(self, *args: Arg) -> object:
+        """Any other command (``PING``, ``INFO``, ``CONFIG GET``, ...): the raw
+        RESP2 reply (bytes, int, None or a list; status replies as bytes). No
+        timeout but the connection's own failure detection."""
+        return await self.submit(_commands.call(*args), timeout=math.inf)
+
+    async def aclose(self) -> None:
+        """Close the connection, failing requests still in flight, and wait
+        until its socket is released. The node cannot be used afterwards.
+        Idempotent."""
+        self._closed = True
+        if self._channels is not None:
+            await leave_channels(self._channels_key(), self._channels)
+        task = self._connecting
+        if task is not None:
+            task.cancel()
+            await asyncio.wait((task,))
+        self._fail_queued(ConnectionError, f"{self.name}: the node was closed")
+        conns = list(self._conns)
+        for conn in conns:
+            conn.fail(ConnectionError, f"{self.name}: the node was closed")
+        for conn in conns:
+            await asyncio.shield(conn.lost)
+
+    def __repr__(self) -> str:
+        return f"MuxNode({self.name})"
+
+    # -- connecting ------------------------------------------------------------------
+
+    def _queue(self, fut: PendingReply, loop: asyncio.AbstractEventLoop) -> None:
+        """Hold ``fut`` until a connection is up (each request under its own
+        timeout meanwhile), opening one if none is being opened."""
+        if self._closed:
+            fut.set_exception(ConnectionError(f"{self.name}: the node was closed"))
+            fut.settled()
+            return
+        fut.deadline = min(loop.time() + fut.timeout, fut.not_after)
+        queued = self._queued
+        queued.append(fut)
+        if self._queue_timer is None and fut.deadline != math.inf:
+            self._queue_timer = loop.call_at(fut.deadline, self._queue_due)
+        if self._connecting is None:
+            task = loop.create_task(self._open())
+            self._connecting = task
+            task.add_done_callback(self._connect_done)
+
+    def _queue_due(self) -> None:
+        """Fail the held requests now due; with none left, a connection still
+        waiting for its set-up replies (AUTH) is stuck: abort it."""
+        self._queue_timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        waiting = [f for f in self._queued if not f.done()]
+        for fut in waiting:
+            if fut.deadline <= now:
+                err = TimeoutError(
+                    f"no connection to {self.name} within {fut.timeout * 1000:.0f} ms"
+                )
+                fut.set_exception(err)
+                fut.settled()
+        left = [f for f in waiting if not f.done()]
+        self._queued = left
+        if left:
+            when = min(f.deadline for f in left)
+            if when != math.inf:
+                self._queue_timer = loop.call_at(when, self._queue_due)
+        else:
+            self._abandon_connect()
+
+    def _cancelled(self, fut: PendingReply) -> None:
+        """A request was cancelled by its caller. If nothing at all has been
+        answered on its connection since it was written, the node is stuck:
+        abort, failing the requests behind it, rather than let them pile up.
+        If it was held for a connection and nobody else waits for one, stop
+        opening it."""
+        conn = fut.conn
+        if conn is not None:
+            if conn.answered == fut.mark and conn.failure is None:
+                conn.fail(
+                    ConnectionError,
+                    f"connection to {self.name} aborted: no reply before a request "
+                    "was cancelled",
+                )
+        elif fut in self._queued and all(f.done() for f in self._queued):
+            self._queued = []
+            self._abandon_connect()
+
+    def _abandon_connect(self) -> None:
+        """Nobody waits for the connection any more: one still connecting, or
+        waiting for its set-up replies (AUTH), is stuck. Abandon it; the next
+        request opens another."""
+        task, self._connecting = self._connecting, None
+        if self._queue_timer is not None:
+            self._queue_timer.cancel()
+            self._queue_timer = None
+        opening = self._opening
+        if opening is not None:
+            opening.fail(
+                ConnectionError,
+                f"connection to {self.name} aborted: no reply to its set-up "
+                "(AUTH, SELECT) within the per-node timeout",
+            )
+        elif task is not None:
+            task.cancel()
+
+    def _flush(self, conn: _Connection) -> None:
+        """Write the requests held while connecting, in order."""
+        queued, self._queued = self._queued, []
+        if self._queue_timer is not None:
+            self._queue_timer.cancel()
+            self._queue_timer = None
+        for fut in queued:
+            if not fut.done():
+                conn.send(fut)
+
+    def _fail_queued(self, exc_type: type[Exception], message: str) -> None:
+        queued, self._queued = self._queued, []
+        if self._queue_timer is not None:
+            self._queue_timer.cancel()
+            self._queue_timer = None
+        for fut in queued:
+            if not fut.done():
+                fut.set_exception(exc_type(message))
+                fut.settled()
+
+    def _connect_done(self, task: asyncio.Task[_Connection]) -> None:
+        exc = None if task.cancelled() else task.exception()  # retrieved either way
+        if self._connecting is not task:
+            return  # abandoned (see _queue_due): newer requests are not its own
+        self._connecting = None
+        if exc is not None:
+            exc_type = (
+                type(exc) if isinstance(exc, ConnectionError) else ConnectionError
+            )
+            self._fail_queued(exc_type, str(exc))
+        elif task.cancelled():
+            self._fail_queued(ConnectionError, f"{self.name}: the node was closed")
+
+    async def _open(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+
+        def factory() -> _Connection:
+            return _Connection(self, loop)
+
+        try:
+            conn = await self._create(factory)
+        except OSError as exc:  # refused, unreachable, TLS failure (ssl.SSLError)
+            raise ConnectionError(f"Error connecting to {self.name}: {exc}") from exc
+        if self._closed:
+            conn.fail(ConnectionError, f"{self.name}: the node was closed")
+            raise ConnectionError(f"{self.name}: the node was closed")
+        setup = self._setup
+        if not self.facts.eviction_checked:
+            setup = [*setup, ("CONFIG GET", _CONFIG_GET_POLICY, self._saw_policy)]
+        conn.set_up(setup)
+        self.connects += 1
+        if not conn.ready.done():
+            # AUTH (or SELECT) first: no request before it has succeeded.
+            self._opening = conn
+            try:
+                await conn.ready
+            except asyncio.CancelledError:
+                conn.fail(ConnectionError, f"{self.name}: the node was closed")
+                raise
+            finally:
+                self._opening = None
+        if not conn.usable():
+            exc_type, message = conn.failure or (ConnectionError, "lost")
+            raise exc_type(message)
+        self._conn = conn
+        # At once, before anyone else can write on it: the held requests first.
+        self._flush(conn)
+        return conn
+
+    async def _create(self, factory: Callable[[], _P]) -> _P:
+        """A connection to the node (TCP, TLS or unix socket) for ``factory``'s
+        protocol."""
+        loop = asyncio.get_running_loop()
+        if self._path is not None:
+            _, conn = await loop.create_unix_connection(factory, self._path)
+        else:
+            _, conn = await loop.create_connection(
+                factory,
+                self._host,
+                self._port,
+                ssl=self._ssl,
+                server_hostname=self._host if self._ssl is not None else None,
+            )
+        return conn
+
+    async def _create_any(
+        self, factory: Callable[[], asyncio.Protocol]
+    ) -> asyncio.Protocol:
+        try:
+            return await self._create(factory)
+        except OSError as exc:
+            raise ConnectionError(f"Error connecting to {self.name}: {exc}") from exc
+
+    def _saw_policy(self, reply: object) -> None:
+        if isinstance(reply, ResponseError):  # CONFIG renamed or denied by ACL
+            self.facts.eviction_checked = True
+            logger.debug("node %s: cannot read maxmemory-policy: %s", self.name, reply)
+        elif not isinstance(reply, Exception):  # else (NOAUTH, LOADING): next time
+            self.facts.saw_eviction_policy(reply)
+
+    def _forget(self, conn: _Connection) -> None:
+        if self._conn is conn:
+            self._conn = None
+
+    # -- release notifications (pub/sub) --------------------------------------------
+
+    def _channels_key(self) -> tuple[Hashable, bytes]:
+        """Which shared pub/sub connection: the server, and the AUTH to send."""
+        hello = b"".join(p for label, p, _ in self._setup if label == "AUTH")
+        return (self.identity, hello)
+
+    def _pubsub(self) -> Channels:
+        """This node's pub/sub connection, shared with every other handle on
+        the same server and credentials in this event loop."""
+        if self._channels is None:
+            key = self._channels_key()
+            hello = key[1]
+            self._channels = shared_channels(
+                key, lambda: Channels(self.name, self._create_any, hello)
+            )
+        return self._channels
+
+    async def subscribe(
+        self, channel: bytes, callback: Callable[[bytes], None]
+    ) -> None:
+        """Call ``callback(data)`` whenever ``channel`` fires (a release of the key
+        it names), over this node's pub/sub connection; returns once the server
+        confirmed the subscription."""
+        await self._pubsub().subscribe(channel, callback)
+
+    def unsubscribe(self, channel: bytes, callback: Callable[[bytes], None]) -> None:
+        if self._channels is not None:
+            self._channels.unsubscribe(channel, callback)

@@ -1,0 +1,189 @@
+"""Bounded under overload, on real redis-server nodes (sizes that fit CI; the
+large bursts are benchmark scenarios, ``benchmarks/_overload.py``):
+
+- a burst on a cold client is timed from when its requests are written, once
+  the connections are up, not from when they were made;
+- a burst of blocks entered and ended together keeps every lock and confirms
+  every release;
+- a failed attempt returns as soon as its outcome is known: its take-back to a
+  hung node goes on in the background;
+- a node that streams a reply that never ends is dropped, not buffered;
+- nothing is written into a connection that is already lost.
+
+No wall-clock thresholds: each test asserts outcomes (all acquired, the
+hung node's request still pending when the call returned, the streaming node's
+request failed), with generous bounds only against hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import pytest
+
+from redlock_aio import AsyncRedlock, LockNotAcquired, MuxNode, Vote
+from redlock_aio.testing import HungNode
+
+from .helpers import lock_keys, no_key
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from redlock_aio.testing import LocalCluster
+
+pytestmark = pytest.mark.integration
+
+#: Generous bound against a hang (a loaded 2-core machine, debug mode).
+PATIENCE = 120.0
+
+
+async def test_a_cold_burst_of_non_blocking_acquires_all_succeed(
+    cluster: LocalCluster,
+) -> None:
+    """5,000 single attempts at once on a client whose connections are not
+    open yet: each request's timeout starts at its write, after the connect,
+    so none fails for the time the burst spent waiting for it."""
+    count = 5000
+    async with AsyncRedlock(cluster.urls, restart_quarantine=0) as rl:
+        results = await asyncio.wait_for(
+            asyncio.gather(
+                *(rl.acquire(f"cold:{i}", blocking=False) for i in range(count)),
+                return_exceptions=True,
+            ),
+            PATIENCE,
+        )
+        failed = [r for r in results if isinstance(r, BaseException)]
+        assert failed == []
+        locks = [r for r in results if not isinstance(r, BaseException)]
+        released = await asyncio.gather(
+            *(lock.release() for lock in locks), return_exceptions=True
+        )
+        assert [r for r in released if r is not None] == []
+    assert lock_keys(cluster) == [0, 0, 0]
+
+
+async def test_blocks_entered_and_ended_together_keep_and_release_every_lock(
+    cluster: LocalCluster,
+) -> None:
+    count = 3000
+    entered = 0
+    all_in = asyncio.Event()
+    stop = asyncio.Event()
+    lost: list[object] = []
+
+    async with AsyncRedlock(cluster.urls, restart_quarantine=0) as rl:
+
+        async def hold(i: int) -> None:
+            nonlocal entered
+            async with rl.lock(f"blk:{i}", on_lost=lost.append):
+                entered += 1
+                if entered == count:
+                    all_in.set()
+                await stop.wait()
+
+        tasks = [asyncio.create_task(hold(i)) for i in range(count)]
+        try:
+            await asyncio.wait_for(all_in.wait(), PATIENCE)
+        finally:
+            stop.set()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert [r for r in results if r is not None] == []
+        assert lost == []
+    assert lock_keys(cluster) == [0, 0, 0]
+
+
+@pytest.fixture
+async def two_and_hung(cluster: LocalCluster) -> AsyncIterator[list[str]]:
+    with HungNode() as hung:
+        yield [*cluster.urls[:2], f"redis://127.0.0.1:{hung.port}"]
+
+
+async def test_a_refused_attempt_returns_before_its_take_back_to_a_hung_node(
+    cluster: LocalCluster, two_and_hung: list[str]
+) -> None:
+    """Two nodes refuse at once (the key is held), the third hangs: the attempt
+    is decided there, and returns while the take-back to the hung node (after
+    its SET, bounded by the per-node timeout) is still in flight."""
+    async with (
+        AsyncRedlock(cluster.urls, restart_quarantine=0) as holder,
+        AsyncRedlock(two_and_hung, node_timeout=2.0, restart_quarantine=0) as rl,
+    ):
+        held = await holder.acquire("r")
+        with pytest.raises(LockNotAcquired) as caught:
+            await asyncio.wait_for(rl.acquire("r", blocking=False), PATIENCE)
+        votes = [o.vote for o in caught.value.outcomes]
+        assert votes == [Vote.NO, Vote.NO, Vote.PENDING]
+        # Returned at the decision: the hung node's SET and the take-back
+        # ordered after it are still in flight.
+        assert rl._nodes.in_flight()
+        await held.release()
+    assert await no_key(cluster)
+
+
+async def stream_forever(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """A "node" that answers every connection with a bulk string it never
+    finishes."""
+    try:
+        writer.write(b"$999999999999\r\n")
+        chunk = b"x" * 65536
+        while True:
+            writer.write(chunk)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        writer.close()
+
+
+async def test_a_node_streaming_a_reply_that_never_ends_is_dropped(
+    cluster: LocalCluster,
+) -> None:
+    server = await asyncio.start_server(stream_forever, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    streaming = MuxNode.from_url(f"redis://127.0.0.1:{port}")
+    try:
+        async with AsyncRedlock(
+            [*cluster.urls[:2], streaming], node_timeout=1.0, restart_quarantine=0
+        ) as rl:
+            for _ in range(3):
+                lock = await asyncio.wait_for(rl.acquire("r"), PATIENCE)
+                await asyncio.wait_for(asyncio.wait(lock._last_requests), PATIENCE)
+                # The streaming node's request failed (cut at the size cap or
+                # at its timeout, whichever came first), its connection with it.
+                assert lock.outcomes[2].vote in (Vote.ERROR, Vote.TIMEOUT)
+                await lock.release()
+            assert streaming._conn is None or streaming._conn.failure is not None
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert await no_key(cluster)
+
+
+async def test_nothing_is_written_into_a_lost_connection(
+    cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node killed in the middle of a burst: the requests after the loss are
+    held for the next connection or failed, never written into the dead
+    transport (which asyncio would log as "socket.send() raised exception")."""
+    caplog.set_level(logging.WARNING, logger="asyncio")
+    async with AsyncRedlock(cluster.urls, restart_quarantine=0) as rl:
+        warm = await rl.acquire("warm")
+        await warm.release()
+
+        async def churn(i: int) -> None:
+            for _ in range(20):
+                try:
+                    lock = await rl.acquire(f"churn:{i}", blocking=False)
+                    await lock.release()
+                except Exception:  # noqa: BLE001, S110 (votes against are expected)
+                    pass
+
+        tasks = [asyncio.create_task(churn(i)) for i in range(200)]
+        await asyncio.sleep(0.05)
+        cluster[2].kill()
+        await asyncio.wait_for(asyncio.gather(*tasks), PATIENCE)
+    assert not [r for r in caplog.records if "socket.send() raised" in r.getMessage()]

@@ -1,0 +1,212 @@
+"""MuxNode's connection on a fake transport: it owns every request's timeout.
+A request is timed from when it was written; one that times out while the node
+still answers this client's backlog gets grace (never past its ``not_after``);
+one that times out with no complete reply since it was written aborts the
+connection, as does a reply that never ends; nothing is written into a
+transport that is closing. Deadlines are set by hand and the check run
+directly, so nothing here depends on this machine's speed."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, TypeVar
+
+import pytest
+import redis.exceptions
+
+from redlock_aio import _commands
+from redlock_aio._mux import BACKLOG_GRACE, MAX_REPLY_BYTES, MuxNode, _Connection
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+_P = TypeVar("_P", bound=asyncio.Protocol)
+
+
+class FakeTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+        self.aborted = False
+        self.closing = False
+
+    def write(self, data: bytes) -> None:  # type: ignore[override]
+        assert not self.closing, "written into a closing transport"
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def abort(self) -> None:
+        self.aborted = True
+        self.closing = True
+        protocol = self.get_protocol()
+        if protocol is not None:
+            asyncio.get_running_loop().call_soon(protocol.connection_lost, None)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return getattr(self, "protocol", None)  # type: ignore[return-value]
+
+
+def connected() -> tuple[MuxNode, _Connection, FakeTransport]:
+    node = MuxNode(host="127.0.0.1", port=1)
+    conn = _Connection(node, asyncio.get_running_loop())
+    transport = FakeTransport()
+    conn.connection_made(transport)
+    conn.set_up([])
+    node._conn = conn
+    return node, conn, transport
+
+
+def ping(
+    node: MuxNode, timeout: float = 0.5, **kwargs: float
+) -> asyncio.Future[object]:
+    return node.submit(_commands.call("PING"), timeout=timeout, **kwargs)  # type: ignore[arg-type]
+
+
+def due(fut: asyncio.Future[object]) -> None:
+    """Make a request due now (as if its timeout had passed)."""
+    fut.deadline = asyncio.get_running_loop().time() - 1  # type: ignore[attr-defined]
+
+
+async def test_a_request_is_written_at_once_and_answered_in_order() -> None:
+    node, conn, transport = connected()
+    first, second = ping(node), ping(node)
+    assert transport.written == [b"*1\r\n$4\r\nPING\r\n"] * 2
+    conn.data_received(b"+one\r\n+two\r\n")
+    assert (first.result(), second.result()) == (b"one", b"two")
+
+
+async def test_a_timeout_while_replies_stream_in_gets_grace_and_keeps_the_connection() -> (
+    None
+):
+    node, conn, transport = connected()
+    first, second = ping(node), ping(node)
+    conn.data_received(b"+one\r\n")  # the node answers: busy, not stuck
+    due(second)
+    conn._check()
+    assert not second.done()  # grace: a backlog is not a failure
+    assert conn.failure is None
+    for _ in range(BACKLOG_GRACE):
+        due(second)
+        conn._check()
+    assert isinstance(second.exception(), TimeoutError)  # grace runs out
+    assert conn.failure is None
+    assert not transport.aborted
+    third = ping(node)
+    conn.data_received(b"+two\r\n+three\r\n")  # second's reply is dropped
+    assert first.result() == b"one"
+    assert third.result() == b"three"
+
+
+async def test_no_grace_past_not_after() -> None:
+    node, conn, _ = connected()
+    loop = asyncio.get_running_loop()
+    ping(node)
+    second = ping(node, not_after=loop.time() - 0.001)
+    conn.data_received(b"+one\r\n")
+    due(second)
+    conn._check()
+    assert isinstance(second.exception(), TimeoutError)
+
+
+async def test_a_timeout_on_a_silent_node_aborts_and_fails_the_rest() -> None:
+    node, conn, transport = connected()
+    first, second = ping(node), ping(node)
+    due(first)
+    conn._check()
+    assert isinstance(first.exception(), TimeoutError)
+    assert transport.aborted
+    assert conn.failure is not None
+    with pytest.raises(redis.exceptions.ConnectionError, match="no reply within"):
+        second.result()
+
+
+async def test_a_reply_that_never_ends_aborts_the_connection() -> None:
+    """A node that announces a huge bulk string and keeps streaming: bytes keep
+    arriving, but no reply completes; cut at the size cap (and at the
+    request's timeout, whichever comes first), not buffered for ever."""
+    node, conn, transport = connected()
+    fut = ping(node)
+    conn.data_received(b"$999999999999\r\n")
+    chunk = b"x" * 65536
+    for _ in range(MAX_REPLY_BYTES // len(chunk) + 1):
+        if conn.failure is not None:
+            break
+        conn.data_received(chunk)
+    assert transport.aborted
+    with pytest.raises(redis.exceptions.ConnectionError, match="a reply of over"):
+        fut.result()
+
+
+async def test_a_streaming_reply_is_also_cut_at_the_timeout() -> None:
+    node, conn, transport = connected()
+    fut = ping(node)
+    conn.data_received(b"$999999999\r\nxxxx")  # bytes, but no complete reply
+    due(fut)
+    conn._check()
+    assert transport.aborted
+    assert isinstance(fut.exception(), TimeoutError)
+
+
+async def test_a_burst_is_timed_from_its_write_at_the_end_of_the_turn() -> None:
+    node, _, transport = connected()
+    loop = asyncio.get_running_loop()
+    futs = [ping(node) for _ in range(20)]
+    assert len(transport.written) == 9  # then corked until the end of the turn
+    corked = futs[9:]
+    assert all(f.deadline == float("inf") for f in corked)  # type: ignore[attr-defined]
+    await asyncio.sleep(0)
+    assert len(transport.written) == 10
+    assert all(f.deadline >= loop.time() for f in corked)  # type: ignore[attr-defined]
+
+
+async def test_nothing_is_written_into_a_closing_transport() -> None:
+    node, conn, transport = connected()
+    transport.closing = True  # asyncio saw a write error; connection_lost comes later
+    fut = ping(node)
+    assert conn.failure is not None  # the connection is given up, not written to
+    assert not fut.done()  # held for the next connection
+    node._fail_queued(redis.exceptions.ConnectionError, "test over")
+    assert isinstance(fut.exception(), redis.exceptions.ConnectionError)
+
+
+class SlowToConnect(MuxNode):
+    """Connects (to a fake transport) once ``opened`` is set."""
+
+    __slots__ = ("opened", "transport")
+
+    def __init__(self) -> None:
+        super().__init__(host="127.0.0.1", port=1)
+        self.opened = asyncio.Event()
+        self.transport = FakeTransport()
+
+    async def _create(self, factory: Callable[[], _P]) -> _P:
+        await self.opened.wait()
+        conn = factory()
+        self.transport.protocol = conn  # type: ignore[attr-defined]
+        conn.connection_made(self.transport)
+        return conn
+
+
+async def test_requests_made_while_connecting_are_timed_from_their_write() -> None:
+    node = SlowToConnect()
+    loop = asyncio.get_running_loop()
+    opened, transport = node.opened, node.transport
+    futs = [ping(node) for _ in range(5)]
+    assert transport.written == []
+    await asyncio.sleep(0.01)
+    opened.set()
+    opened_at = loop.time()
+
+    async def written() -> None:
+        while any(f.deadline == float("inf") for f in futs):  # type: ignore[attr-defined]  # noqa: ASYNC110 (a state, not an event)
+            await asyncio.sleep(0)
+
+    await asyncio.wait_for(written(), 30)
+    # Timed from their write, after the connection opened; not from submit.
+    assert all(f.deadline >= opened_at + 0.5 for f in futs)  # type: ignore[attr-defined]
+    assert transport.written
+    node._conn.data_received(b"+OK\r\n" * 6 + b"+PONG\r\n" * 5)  # type: ignore[union-attr]
+    assert [f.result() for f in futs] == [b"PONG"] * 5
+    await node.aclose()
