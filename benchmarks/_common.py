@@ -44,6 +44,27 @@ class Plan:
     slow_iters: int = 30
     hold_ks: tuple[int, ...] = (10_000,)
     hold_seconds: float = 60.0
+    # Overload scenarios (_overload.py). 2b: scenario 2 with 256 tasks, in
+    # full-mode windows in every mode.
+    tp_big_tasks: int = 256
+    tp_big_seconds: float = 0.5
+    # 6: CPU per cycle on the fake transport.
+    cpu_cycles: int = 20_000
+    cpu_rounds: int = 3
+    cpu_tasks: int = 64
+    cpu_gc_cycles: int = 10_000
+    # 7: lock() blocks entered at once on a cold client.
+    storm_n: int = 100_000
+    # 8a-8e: bursts.
+    burst_cold_ns: tuple[int, ...] = (10_000, 20_000, 30_000)
+    burst_warm_ns: tuple[int, ...] = (20_000, 30_000)
+    burst_held: int = 1_000
+    burst_held_ttl: float = 3.0
+    burst_held_size: int = 20_000
+    burst_held_seconds: float = 10.0
+    nb_n: int = 5_000
+    nb_trials: int = 5
+    hung_trials: int = 20
 
     @classmethod
     def make(cls, *, quick: bool, full_scale: bool) -> Plan:
@@ -63,6 +84,16 @@ class Plan:
                 slow_iters=3,
                 hold_ks=(1_000,),
                 hold_seconds=10.0,
+                cpu_cycles=5_000,
+                cpu_rounds=1,
+                storm_n=10_000,
+                burst_cold_ns=(1_000, 2_000, 3_000),
+                burst_warm_ns=(2_000, 3_000),
+                burst_held=100,
+                burst_held_size=2_000,
+                burst_held_seconds=5.0,
+                nb_n=500,
+                hung_trials=5,
             )
         if full_scale:
             plan = dataclasses.replace(plan, hold_ks=(*plan.hold_ks, 100_000))

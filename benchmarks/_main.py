@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from ._common import LeftoverCheck, Plan
+from ._overload import GROUPS, SCENARIOS
 from ._peers import ALL, REDLOCK_NG, versions
 from ._report import impl_table, leftover_table, machine_block, plots, table, write_json
-from ._scenarios import SCENARIOS, Ctx
+from ._scenarios import Ctx
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
@@ -110,8 +111,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--only",
         action="append",
-        choices=list(SCENARIOS),
-        help="run only this scenario (repeatable)",
+        choices=[*SCENARIOS, *GROUPS],
+        help="run only this scenario (repeatable); "
+        + "; ".join(f"{g}: {', '.join(names)}" for g, names in GROUPS.items()),
     )
     p.add_argument(
         "--impl",
@@ -135,6 +137,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"do not pip-install {REDLOCK_NG} (--no-deps) when it is missing",
     )
     return p.parse_args(argv)
+
+
+def only(chosen: list[str] | None) -> list[str]:
+    """The scenarios to run, in full-run order (group names expanded)."""
+    if not chosen:
+        return list(SCENARIOS)
+    wanted = {n for name in chosen for n in GROUPS.get(name, [name])}
+    return [name for name in SCENARIOS if name in wanted]
 
 
 def ensure_redlock_ng(log: Any) -> None:
@@ -274,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     impls, unavailable = select(args)
     for name, reason in unavailable.items():
         log(f"skipping {name}: {reason}")
-    names = args.only or list(SCENARIOS)
+    names = only(args.only)
     sizes = set(plan.lat_ns) if "latency" in names else set()
     if set(names) - {"latency"}:
         sizes.add(3)

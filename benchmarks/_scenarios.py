@@ -241,11 +241,21 @@ def _growth(section: Section, ns: Sequence[int]) -> dict[str, float | None]:
 
 async def throughput(ctx: Ctx) -> Section:
     """64 tasks on distinct keys for a fixed time, N=3: locks per second."""
+    return await throughput_section(
+        ctx, ctx.plan.tp_tasks, ctx.plan.tp_seconds, key="throughput", number="2"
+    )
+
+
+async def throughput_section(
+    ctx: Ctx, tasks: int, seconds: float, *, key: str, number: str
+) -> Section:
+    """``tasks`` tasks on distinct keys, rounds of ``seconds``, N=3: locks per
+    second (scenario 2, and 2b with 256 tasks)."""
     plan = ctx.plan
     cluster = ctx.clusters[3]
     section = Section(
-        key="throughput",
-        title=f"2. Throughput: {plan.tp_tasks} tasks, distinct keys, N=3 (locks/s)",
+        key=key,
+        title=f"{number}. Throughput: {tasks} tasks, distinct keys, N=3 (locks/s)",
         group_header="N",
         columns=[
             Column("locks_per_s", "locks/s", "{:,.0f}", ratio=True),
@@ -255,7 +265,7 @@ async def throughput(ctx: Ctx) -> Section:
         ],
     )
     samples = {cls.name: _Samples() for cls in ctx.impls}
-    keys = [f"{KEY_PREFIX}tp:{i}" for i in range(plan.tp_tasks)]
+    keys = [f"{KEY_PREFIX}tp:{i}" for i in range(tasks)]
     for _ in range(plan.tp_rounds):
         for cls in ctx.impls:
             s = samples[cls.name]
@@ -267,13 +277,11 @@ async def throughput(ctx: Ctx) -> Section:
             ) -> None:
                 impl = cls(urls)
                 try:
-                    await _run_throughput(impl, keys, plan, s)
+                    await _run_throughput(impl, keys, seconds, s)
                 finally:
                     await impl.aclose()
 
-            s.error = await _guarded(
-                ctx, "throughput", cls, cluster, body, 60 + plan.tp_seconds
-            )
+            s.error = await _guarded(ctx, key, cls, cluster, body, 60 + seconds)
     for cls in ctx.impls:
         s = samples[cls.name]
         r = s.values.get("rate", [])
@@ -297,7 +305,7 @@ async def throughput(ctx: Ctx) -> Section:
         )
     section.rows += _unavailable_rows(ctx, "3")
     section.notes.append(
-        f"{plan.tp_rounds} round(s) of {plan.tp_seconds:g} s per implementation "
+        f"{plan.tp_rounds} round(s) of {seconds:g} s per implementation "
         "after a warm-up cycle per task; locks/s = completed acquire+release "
         "cycles / wall time (median of the rounds, which alternate between "
         "implementations). refused: single attempts that got no "
@@ -307,7 +315,7 @@ async def throughput(ctx: Ctx) -> Section:
 
 
 async def _run_throughput(
-    impl: Impl, keys: Sequence[str], plan: Plan, s: _Samples
+    impl: Impl, keys: Sequence[str], seconds: float, s: _Samples
 ) -> None:
     refused = 0
 
@@ -333,7 +341,7 @@ async def _run_throughput(
     refused = 0
     gc.collect()
     start = time.perf_counter()
-    counts = await asyncio.gather(*(worker(k, start + plan.tp_seconds) for k in keys))
+    counts = await asyncio.gather(*(worker(k, start + seconds) for k in keys))
     s.add("rate", sum(counts) / (time.perf_counter() - start))
     s.add("refused", refused)
 
