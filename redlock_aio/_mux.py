@@ -71,6 +71,10 @@ logger = logging.getLogger("redlock_aio")
 CORK_DEPTH = 8
 #: More timeouts a request gets while its node is still answering others.
 BACKLOG_GRACE = 4
+#: A check of a request's timeout that runs later than this share of the
+#: timeout after its deadline says that the client stalled, not the node: the
+#: request gets a timeout more (not counted as grace).
+LATE = 0.5
 #: The most bytes a reply may take (the library's largest, an ``extend_many``
 #: of 1,000 locks, takes 4 KB): a node streaming more is aborted, not buffered.
 MAX_REPLY_BYTES = 16 * 1024 * 1024
@@ -392,6 +396,13 @@ class _Connection(asyncio.Protocol):
                 if deadline != math.inf:
                     break  # the rest were written later
                 continue
+            if now - deadline > fut.timeout * LATE and now < fut.not_after:
+                # This check comes late: the client itself stalled (a long turn
+                # of its own, a collection), and replies may be waiting unread.
+                # Not the node's fault: judge it a timeout from now.
+                fut.deadline = min(now + fut.timeout, fut.not_after)
+                next_at = min(next_at, fut.deadline)
+                continue
             if self.answered == fut.mark:
                 # Stuck: this request timed out; the rest fail with the connection.
                 _timed_out(fut)
@@ -542,6 +553,7 @@ class MuxNode:
         "_queued",
         "_setup",
         "_ssl",
+        "_stamping",
         "connects",
         "facts",
         "identity",
@@ -602,6 +614,7 @@ class MuxNode:
         # Requests made while no connection is up, in order.
         self._queued: list[PendingReply] = []
         self._queue_timer: asyncio.TimerHandle | None = None
+        self._stamping = False
         self._closed = False
         self._channels: Channels | None = None
         self.connects = 0
@@ -707,15 +720,31 @@ class MuxNode:
             fut.set_exception(ConnectionError(f"{self.name}: the node was closed"))
             fut.settled()
             return
-        fut.deadline = min(loop.time() + fut.timeout, fut.not_after)
         queued = self._queued
+        if not self._stamping:
+            # Timed from the end of this turn of the loop: a burst made in a
+            # long turn of the client's own is not charged to the node.
+            self._stamping = True
+            loop.call_soon(self._stamp_queued)
         queued.append(fut)
-        if self._queue_timer is None and fut.deadline != math.inf:
-            self._queue_timer = loop.call_at(fut.deadline, self._queue_due)
         if self._connecting is None:
             task = loop.create_task(self._open())
             self._connecting = task
             task.add_done_callback(self._connect_done)
+
+    def _stamp_queued(self) -> None:
+        """Start the timeouts of the requests held this turn."""
+        self._stamping = False
+        now = asyncio.get_running_loop().time()
+        earliest = math.inf
+        for fut in self._queued:
+            if fut.deadline == math.inf and not fut.done():
+                fut.deadline = min(now + fut.timeout, fut.not_after)
+                earliest = min(earliest, fut.deadline)
+        if earliest != math.inf and self._queue_timer is None:
+            self._queue_timer = asyncio.get_running_loop().call_at(
+                earliest, self._queue_due
+            )
 
     def _queue_due(self) -> None:
         """Fail the held requests now due; with none left, a connection still
@@ -725,7 +754,9 @@ class MuxNode:
         now = loop.time()
         waiting = [f for f in self._queued if not f.done()]
         for fut in waiting:
-            if fut.deadline <= now:
+            if now - fut.deadline > fut.timeout * LATE and now < fut.not_after:
+                fut.deadline = min(now + fut.timeout, fut.not_after)  # see _check
+            elif fut.deadline <= now:
                 err = TimeoutError(
                     f"no connection to {self.name} within {fut.timeout * 1000:.0f} ms"
                 )

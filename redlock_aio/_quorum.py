@@ -1,4 +1,5 @@
-"""Await-free Redlock arithmetic: quorum size, clock drift, validity, vote tally.
+"""The pure rules of Redlock: quorum size, clock drift, validity, the decision of
+a vote, the verdict on an extension, and the retry backoff.
 
 Kept free of I/O so that every rule of the algorithm can be tested with plain
 numbers and an injected clock.
@@ -91,34 +92,6 @@ def decide(n: int, needed: int, yes: int, against: int) -> Decision:
     if n - against < needed:
         return Decision.FAILED
     return Decision.PENDING
-
-
-class Tally:
-    """Counts votes as they arrive and says when the outcome is decided.
-
-    The outcome is decided as soon as a quorum voted yes, or as soon as so many
-    voted otherwise that a quorum is out of reach: waiting for the remaining
-    nodes could not change it.
-    """
-
-    __slots__ = ("n", "needed", "no", "yes")
-
-    def __init__(self, n: int, needed: int | None = None) -> None:
-        self.n = n
-        self.needed = quorum(n) if needed is None else needed
-        self.yes = 0
-        self.no = 0
-
-    def add(self, ok: bool) -> Decision:
-        if ok:
-            self.yes += 1
-        else:
-            self.no += 1
-        return self.decision
-
-    @property
-    def decision(self) -> Decision:
-        return decide(self.n, self.needed, self.yes, self.no)
 
 
 class Quarantined:

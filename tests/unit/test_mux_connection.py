@@ -64,9 +64,9 @@ def ping(
     return node.submit(_commands.call("PING"), timeout=timeout, **kwargs)  # type: ignore[arg-type]
 
 
-def due(fut: asyncio.Future[object]) -> None:
-    """Make a request due now (as if its timeout had passed)."""
-    fut.deadline = asyncio.get_running_loop().time() - 1  # type: ignore[attr-defined]
+def due(fut: asyncio.Future[object], late: float = 0.001) -> None:
+    """Make a request due now, as if its timeout had passed ``late`` seconds ago."""
+    fut.deadline = asyncio.get_running_loop().time() - late  # type: ignore[attr-defined]
 
 
 async def test_a_request_is_written_at_once_and_answered_in_order() -> None:
@@ -120,6 +120,22 @@ async def test_a_timeout_on_a_silent_node_aborts_and_fails_the_rest() -> None:
     assert conn.failure is not None
     with pytest.raises(redis.exceptions.ConnectionError, match="no reply within"):
         second.result()
+
+
+async def test_a_check_that_comes_late_is_the_clients_stall_not_the_nodes() -> None:
+    """The client stalled (a long turn of its own) past a request's deadline:
+    replies may be waiting unread, so the request gets a timeout more instead
+    of the connection being judged stuck; checked in time, it is."""
+    node, conn, transport = connected()
+    fut = ping(node)
+    due(fut, late=10.0)
+    conn._check()
+    assert not fut.done()
+    assert conn.failure is None
+    due(fut)
+    conn._check()
+    assert isinstance(fut.exception(), TimeoutError)
+    assert transport.aborted
 
 
 async def test_a_reply_that_never_ends_aborts_the_connection() -> None:
