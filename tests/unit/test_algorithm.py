@@ -51,14 +51,19 @@ async def test_lock_with_no_validity_left_is_never_returned_and_is_cleaned_up() 
 async def test_quorum_decides_without_waiting_for_a_hung_node() -> None:
     clock = FakeClock()
     nodes = fake_nodes(3, clock)
-    nodes[2].hang = True
-    async with make(nodes, clock, node_timeout=0.2) as rl:
+    gate = nodes[2].gate = asyncio.Event()  # node 2 answers only once opened
+    async with make(nodes, clock, node_timeout=30.0) as rl:
         lock = await rl.acquire("r")
         assert lock.held
-        # The hung node's SET is still in flight: release waits for it (up to
-        # the per-node timeout) so that a late SET could not leave a key.
+        # Decided at quorum: node 2 had not answered (a round that waited for
+        # every node would never have returned before the gate opens).
+        assert [o.vote for o in lock.outcomes] == [Vote.YES, Vote.YES, Vote.PENDING]
+        gate.set()
+        # Its SET is still in flight: release waits for it, so that a late
+        # SET could not leave a key.
         await lock.release()
         assert lock.released
+    assert all(not n.store for n in nodes)
 
 
 async def test_failed_attempt_releases_where_it_set() -> None:
