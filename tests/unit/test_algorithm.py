@@ -53,7 +53,7 @@ async def test_quorum_decides_without_waiting_for_a_hung_node() -> None:
     nodes = fake_nodes(3, clock)
     gate = nodes[2].gate = asyncio.Event()  # node 2 answers only once opened
     async with make(nodes, clock, node_timeout=30.0) as rl:
-        lock = await rl.acquire("r")
+        lock = await asyncio.wait_for(rl.acquire("r"), 20.0)
         assert lock.held
         # Decided at quorum: node 2 had not answered (a round that waited for
         # every node would never have returned before the gate opens).
