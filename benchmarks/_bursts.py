@@ -244,13 +244,21 @@ async def storm(urls: list[str], params: dict[str, Any]) -> None:
 
 
 async def burst(
-    rl: AsyncRedlock, keys: Sequence[str], limit: float, row: dict[str, Any]
+    rl: AsyncRedlock,
+    keys: Sequence[str],
+    limit: float,
+    row: dict[str, Any],
+    prefix: str = "",
 ) -> None:
     """``len(keys)`` tasks at once, each a blocking acquire of its key then its
-    release; counted into ``row``."""
+    release; counted into ``row`` (``ok``, ``acquire_errors``,
+    ``release_errors``, each name after ``prefix``), as they end."""
     from redlock_aio import ReleaseError
 
-    for name in ("ok", "acquire_errors", "release_errors"):
+    ok, acquire_errors, release_errors = (
+        f"{prefix}{name}" for name in ("ok", "acquire_errors", "release_errors")
+    )
+    for name in (ok, acquire_errors, release_errors):
         row.setdefault(name, 0)
     row.setdefault("_acquire", {})
     row.setdefault("_other", {})
@@ -259,24 +267,25 @@ async def burst(
         try:
             lock = await rl.acquire(key)
         except Exception as exc:  # noqa: BLE001 - counted by type
-            row["acquire_errors"] += 1
+            row[acquire_errors] += 1
             bump(row["_acquire"], type(exc).__name__)
             return
         try:
             await lock.release()
         except ReleaseError:
-            row["release_errors"] += 1
+            row[release_errors] += 1
         except Exception as exc:  # noqa: BLE001 - counted by type
             bump(row["_other"], f"release {type(exc).__name__}")
         else:
-            row["ok"] += 1
+            row[ok] += 1
 
     loop = asyncio.get_running_loop()
     tasks = [loop.create_task(one(k)) for k in keys]
     late = await wait_all(tasks, limit)
     if late:
-        row["acquire_errors"] += late
-        row["_other"][f"not over within {limit:g} s (cancelled)"] = late
+        row[acquire_errors] += late
+        what = f"not over within {limit:g} s (cancelled)"
+        row["_other"][what] = row["_other"].get(what, 0) + late
 
 
 async def cold(urls: list[str], params: dict[str, Any]) -> None:
@@ -398,7 +407,6 @@ async def extend(urls: list[str], params: dict[str, Any]) -> None:
                 settle()
 
     holders: list[asyncio.Task[None]] = []
-    burst_row: dict[str, Any] = {}
     try:
         lock = await rl.acquire(f"{KEY_PREFIX}xwarm")
         await lock.release()
@@ -409,10 +417,8 @@ async def extend(urls: list[str], params: dict[str, Any]) -> None:
             t0 = time.perf_counter()
             while time.perf_counter() - t0 < params["seconds"]:
                 keys = [f"{KEY_PREFIX}xb{row['bursts']}:{i}" for i in range(size)]
-                await burst(rl, keys, params["limit"], burst_row)
+                await burst(rl, keys, params["limit"], row, "burst_")
                 row["bursts"] += 1
-                for name in ("ok", "acquire_errors", "release_errors"):
-                    row[f"burst_{name}"] = burst_row[name]
             row["window_s"] = round(time.perf_counter() - t0, 2)
             stop.set()
             late = await wait_all(holders, 30 + k / 500)
@@ -422,8 +428,6 @@ async def extend(urls: list[str], params: dict[str, Any]) -> None:
         stop.set()
         await cancel_all(holders)
         await rl.aclose()
-    row["_acquire"] = burst_row.get("_acquire", {})
-    row["_other"] = burst_row.get("_other", {})
     finish()
 
 
