@@ -133,17 +133,17 @@ class RedlockAioMux(RedlockAio):
     @classmethod
     def unavailable(cls) -> str | None:
         try:
-            wire = importlib.import_module("redlock_aio._wire")
+            wire = importlib.import_module("redlock_aio._mux")
         except ImportError:
-            return "redlock_aio._wire does not exist (yet)"
+            return "redlock_aio._mux does not exist (yet)"
         if not hasattr(wire, "MuxNode"):
-            return "redlock_aio._wire has no MuxNode"
+            return "redlock_aio._mux has no MuxNode"
         if default_transport() == "MuxNode":
             return "same as redlock_aio: MuxNode is the default transport for URLs"
         return None
 
     def _nodes(self) -> list[Any]:
-        mux_node = importlib.import_module("redlock_aio._wire").MuxNode
+        mux_node = importlib.import_module("redlock_aio._mux").MuxNode
         return [mux_node.from_url(u) for u in self.urls]
 
 

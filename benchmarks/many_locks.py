@@ -8,7 +8,7 @@ most ``--concurrency`` acquisitions in flight), holds them all for ``--hold``
 seconds, then ends the blocks in waves of ``--release-wave``. Prints one line:
 locks lost (``on_lost`` calls), the client process's CPU during the hold
 (``time.process_time()`` delta over wall time, in % of one core), the
-extender's requests and lock extensions during the hold, the largest event-loop
+keeper's requests (one per node per batch) and lock extensions during the hold, the largest event-loop
 lag seen (a 100 ms sleep that overshot), the time to acquire and to release
 everything, release errors, and the keys left on the nodes.
 """
@@ -85,9 +85,10 @@ async def run(args: argparse.Namespace) -> str:
             tasks = [asyncio.create_task(hold(i)) for i in range(count)]
             await all_in.wait()
             acquire_s = time.perf_counter() - t_start
-            extender = rl._extender
+            extender = rl._keeper
             assert extender is not None
-            requests0, extensions0 = extender.requests, extender.extensions
+            requests0 = extender.batches * len(rl.nodes)
+            extensions0 = extender.extensions
             lagger = asyncio.create_task(watch_lag())
             profiler = cProfile.Profile() if args.profile else None
             gc_pause.clear()
@@ -102,7 +103,7 @@ async def run(args: argparse.Namespace) -> str:
             cpu = time.process_time() - cpu0
             gc_pauses = list(gc_pause)
             lagger.cancel()
-            requests = extender.requests - requests0
+            requests = extender.batches * len(rl.nodes) - requests0
             extensions = extender.extensions - extensions0
             lost_in_hold = sum(lost.values())
 
