@@ -489,6 +489,12 @@ class _Connection(asyncio.Protocol):
         if not self.lost.done():
             self.lost.set_result(None)
 
+    def forget(self) -> None:
+        """Stop counting this connection as open (its socket is gone)."""
+        self._node._conns.discard(self)
+        if not self.lost.done():
+            self.lost.set_result(None)
+
     def fail(self, exc_type: type[Exception], message: str) -> None:
         """Make the connection unusable: abort it, and fail every request still
         in flight on it with ``exc_type(message)``. Only the first call acts."""
@@ -843,13 +849,26 @@ class MuxNode:
     async def _open(self) -> _Connection:
         loop = asyncio.get_running_loop()
 
+        made: list[_Connection] = []
+
         def factory() -> _Connection:
-            return _Connection(self, loop)
+            made.append(_Connection(self, loop))
+            return made[-1]
 
         try:
             conn = await self._create(factory)
-        except OSError as exc:  # refused, unreachable, TLS failure (ssl.SSLError)
-            raise ConnectionError(f"Error connecting to {self.name}: {exc}") from exc
+        except BaseException as exc:
+            # Given up while connecting (cancelled, refused): a protocol made
+            # meanwhile may never hear connection_lost (uvloop closes the
+            # socket of a cancelled connect without it): let it go here.
+            for half in made:
+                half.fail(ConnectionError, f"connection to {self.name} abandoned")
+                half.forget()
+            if isinstance(exc, OSError):  # refused, unreachable, TLS failure
+                raise ConnectionError(
+                    f"Error connecting to {self.name}: {exc}"
+                ) from exc
+            raise
         if self._closed:
             conn.fail(ConnectionError, f"{self.name}: the node was closed")
             raise ConnectionError(f"{self.name}: the node was closed")
