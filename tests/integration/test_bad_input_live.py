@@ -71,7 +71,10 @@ async def test_tls_against_a_plain_server_fails_within_the_node_timeout(
     async with Redlock(urls, ttl=5.0, node_timeout=0.3) as rl:
         with pytest.raises(LockNotAcquired) as info:
             await rl.acquire("r", blocking=False)
-    assert all(o.vote in (Vote.TIMEOUT, Vote.ERROR) for o in info.value.outcomes)
+    # Decided once a quorum was out of reach: the third node may still be pending.
+    votes = [o.vote for o in info.value.outcomes]
+    assert all(v in (Vote.TIMEOUT, Vote.ERROR, Vote.PENDING) for v in votes)
+    assert sum(v in (Vote.TIMEOUT, Vote.ERROR) for v in votes) >= 2
 
 
 async def test_huge_resource_works_and_messages_stay_short(
