@@ -313,7 +313,8 @@ class _Connection(asyncio.Protocol):
                 self._loop.call_soon(self.uncork)
         else:
             corked.append(command.resp)
-            self._corked_replies.append(fut)
+            fut.deadline = math.inf  # timed once written (a held request's
+            self._corked_replies.append(fut)  # queue deadline no longer applies)
         self._waiters.append(fut)
 
     def _stamp(self, fut: PendingReply, now: float) -> None:

@@ -217,7 +217,7 @@ async def test_requests_made_while_connecting_are_timed_from_their_write() -> No
     opened_at = loop.time()
 
     async def written() -> None:
-        while any(f.deadline == float("inf") for f in futs):  # type: ignore[attr-defined]  # noqa: ASYNC110 (a state, not an event)
+        while any(f.deadline == float("inf") or f.conn is None for f in futs):  # type: ignore[attr-defined]  # noqa: ASYNC110 (a state, not an event)
             await asyncio.sleep(0)
 
     await asyncio.wait_for(written(), 30)
