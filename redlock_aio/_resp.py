@@ -2,9 +2,9 @@
 exception each error reply stands for.
 
 The transports (:mod:`._mux`, its pub/sub connection) and the test kit's
-blocking client all encode through :func:`encode_command`; commands on the hot
-path are pre-encoded once per request by :mod:`._commands` from heads built
-here.
+blocking client all encode through :func:`encode_command`; the hot path's
+commands are encoded once per request by :mod:`._commands`, from pre-encoded
+heads of their own.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 Arg: TypeAlias = bytes | bytearray | memoryview | str | int | float
 
-__all__ = ["Arg", "bulk", "encode_command", "reply_error"]
+__all__ = ["Arg", "encode_command", "reply_error"]
 
 
 def encode_command(args: Sequence[Arg]) -> bytes:
@@ -45,11 +45,6 @@ def encode_command(args: Sequence[Arg]) -> bytes:
             )
         out.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(out)
-
-
-def bulk(data: bytes) -> bytes:
-    """One bulk string, encoded: ``$<len>\\r\\n<data>\\r\\n``."""
-    return b"$%d\r\n%s\r\n" % (len(data), data)
 
 
 #: Error codes (the reply's first word) and the redis-py exception each one

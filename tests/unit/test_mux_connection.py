@@ -15,7 +15,13 @@ import pytest
 import redis.exceptions
 
 from redlock_aio import _commands
-from redlock_aio._mux import BACKLOG_GRACE, MAX_REPLY_BYTES, MuxNode, _Connection
+from redlock_aio._mux import (
+    BACKLOG_GRACE,
+    CORK_DEPTH,
+    MAX_REPLY_BYTES,
+    MuxNode,
+    _Connection,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -175,6 +181,28 @@ async def test_a_burst_is_timed_from_its_write_at_the_end_of_the_turn() -> None:
     await asyncio.sleep(0)
     assert len(transport.written) == 10
     assert all(f.deadline >= loop.time() for f in corked)  # type: ignore[attr-defined]
+
+
+async def test_a_held_request_flushed_into_a_burst_is_timed_from_its_write() -> None:
+    """A request held while connecting has a deadline for the wait; written
+    into a corked burst, it is timed from the burst's write at the end of the
+    turn, not by that deadline meanwhile."""
+    node, conn, _ = connected()
+    for _ in range(CORK_DEPTH + 1):
+        ping(node)  # busy: the next writes of this turn are held
+    held = ping(node)
+    assert held.deadline == float("inf")  # type: ignore[attr-defined]
+    late = ping(node)
+    late.deadline = asyncio.get_running_loop().time() - 10  # type: ignore[attr-defined]
+    late.conn = None  # type: ignore[attr-defined]
+    conn._waiters.remove(late)  # type: ignore[arg-type]
+    conn.send(late)  # type: ignore[arg-type]  # flushed from the queue, still corked
+    assert late.deadline == float("inf")  # type: ignore[attr-defined]
+    conn._check()
+    assert not late.done()
+    await asyncio.sleep(0)  # the end of the turn: the burst is written
+    assert late.deadline != float("inf")  # type: ignore[attr-defined]
+    assert not late.done()
 
 
 async def test_nothing_is_written_into_a_closing_transport() -> None:
