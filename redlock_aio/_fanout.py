@@ -449,7 +449,7 @@ async def wait_tasks_shielded(tasks: Sequence[asyncio.Future[Any]]) -> None:
     """Wait, shielded as :func:`wait_decided`, until every task has ended."""
     pending = [t for t in tasks if not t.done()]
     if pending:
-        fut = _all_done(pending)
+        fut = all_done(pending)
         try:
             await asyncio.shield(fut)
         except asyncio.CancelledError as first:
@@ -474,7 +474,7 @@ async def _finish_then_reraise(
     raise cancelled
 
 
-def _all_done(tasks: Sequence[asyncio.Future[Any]]) -> asyncio.Future[Decision]:
+def all_done(tasks: Sequence[asyncio.Future[Any]]) -> asyncio.Future[Decision]:
     """A future that resolves when every task has ended, whatever their result."""
     fut: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
     left = len(tasks)

@@ -51,7 +51,14 @@ from ._errors import (
     RedlockError,
     ReleaseError,
 )
-from ._fanout import BatchRound, Nodes, Round, wait_decided, wait_tasks_shielded
+from ._fanout import (
+    BatchRound,
+    Nodes,
+    Round,
+    all_done,
+    wait_decided,
+    wait_tasks_shielded,
+)
 from ._keeper import Keeper
 from ._lock import Lock
 from ._node import Node, Notifier
@@ -757,4 +764,4 @@ def _after_all(
         return None
     if len(pending) == 1:
         return pending.pop()
-    return asyncio.ensure_future(asyncio.wait(pending))
+    return all_done(list(pending))
