@@ -496,7 +496,69 @@ async def nonblocking(urls: list[str], params: dict[str, Any]) -> None:
 
 
 #: The bodies the child runs, by name.
+# -- 5b. a fresh acquire beside many held locks ---------------------------------------
+
+
+async def held_fresh(urls: list[str], params: dict[str, Any]) -> None:
+    """``k`` locks held in ``lock()`` blocks (auto-extension, default TTL), then
+    one fresh acquire+release at a time for ``seconds``: its latency, and the
+    CPU it costs beyond what keeping the ``k`` costs (a window of ``seconds``
+    with no cycles before it)."""
+    k, seconds, limit = params["k"], params["seconds"], params["limit"]
+    row = begin(str(k), held=0, lost=0)
+    rl = new_client(urls)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    all_in: asyncio.Future[None] = loop.create_future()
+    entered = 0
+    lost: list[object] = []
+
+    async def hold(i: int) -> None:
+        nonlocal entered
+        async with rl.lock(f"{KEY_PREFIX}fresh_held:{i}", on_lost=lost.append):
+            entered += 1
+            if entered == k and not all_in.done():
+                all_in.set_result(None)
+            await stop.wait()
+
+    holders = [loop.create_task(hold(i)) for i in range(k)]
+    try:
+        with LogCount(row, attempts=False).attached():
+            if k:
+                await asyncio.wait((all_in,), timeout=limit)
+            row["held"] = entered
+            await asyncio.sleep(1.0)  # the entry burst's replies and garbage settle
+            c0, t0 = time.process_time(), time.perf_counter()
+            await asyncio.sleep(seconds)
+            idle_rate = (time.process_time() - c0) / (time.perf_counter() - t0)
+            row["keeping_cpu_pct"] = round(100 * idle_rate, 1)
+            latencies: list[float] = []
+            c0, t0 = time.process_time(), time.perf_counter()
+            key = f"{KEY_PREFIX}fresh"
+            while time.perf_counter() - t0 < seconds:
+                s0 = time.perf_counter()
+                lock = await rl.acquire(key)
+                await lock.release()
+                latencies.append(time.perf_counter() - s0)
+            wall = time.perf_counter() - t0
+            cpu = time.process_time() - c0 - idle_rate * wall
+            latencies.sort()
+            n = len(latencies)
+            row["cycles"] = n
+            row["p50_ms"] = round(1e3 * latencies[n // 2], 3)
+            row["p99_ms"] = round(1e3 * latencies[min(n - 1, (99 * n) // 100)], 3)
+            row["max_ms"] = round(1e3 * latencies[-1], 3)
+            row["cpu_us"] = round(1e6 * cpu / n, 1)
+            row["lost"] = len(lost)
+    finally:
+        stop.set()
+        await wait_all(holders, limit)
+        await rl.aclose()
+    finish()
+
+
 BODIES: dict[str, Callable[[list[str], dict[str, Any]], Awaitable[None]]] = {
+    "held_fresh": held_fresh,
     "storm": storm,
     "cold": cold,
     "warm": warm,

@@ -53,6 +53,9 @@ class Plan:
     cpu_rounds: int = 3
     cpu_tasks: int = 64
     cpu_gc_cycles: int = 10_000
+    # 5b: a fresh acquire beside K held locks (K=0 first, the reference).
+    fresh_ks: tuple[int, ...] = (0, 100_000)
+    fresh_seconds: float = 10.0
     # 7: lock() blocks entered at once on a cold client.
     storm_n: int = 100_000
     # 8a-8e: bursts.
@@ -86,6 +89,8 @@ class Plan:
                 hold_seconds=10.0,
                 cpu_cycles=5_000,
                 cpu_rounds=1,
+                fresh_ks=(0, 10_000),
+                fresh_seconds=3.0,
                 storm_n=10_000,
                 burst_cold_ns=(1_000, 2_000, 3_000),
                 burst_warm_ns=(2_000, 3_000),

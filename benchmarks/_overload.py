@@ -1,6 +1,8 @@
 """Overload scenarios: what many tasks at once cost redlock_aio, and what fails.
 
 - 2b ``throughput_256``: scenario 2 with 256 tasks (every implementation).
+- 5b ``held_fresh``: a fresh acquire+release beside 100,000 held locks under
+  auto-extension, against none held: worst latency and CPU per cycle.
 - 6 ``fake_cpu``: Python CPU per acquire+release on an in-process fake
   transport (``_fake.py``), redlock_aio against the mux floor, with GC figures.
 - 7 ``storm``: 100,000 ``lock()`` blocks entered at once on a cold client, then
@@ -534,6 +536,58 @@ _BURST_NOTE = (
 _STALL = Column("max_stall_s", "longest stall, s", "{:,.2f}")
 
 
+async def held_fresh(ctx: Ctx) -> Section:
+    plan = ctx.plan
+    seconds = plan.fresh_seconds
+    section = Section(
+        key="held_fresh",
+        title=(
+            "5b. A fresh acquire+release, one at a time, beside K locks held "
+            "under auto-extension (TTL 10 s), N=3"
+        ),
+        group_header="K held",
+        columns=[
+            Column("held", "held", "{:,.0f}"),
+            Column("cycles", "cycles", "{:,.0f}"),
+            Column("p50_ms", "p50, ms", "{:,.2f}"),
+            Column("p99_ms", "p99, ms", "{:,.2f}"),
+            Column("max_ms", "worst, ms", "{:,.2f}"),
+            Column("cpu_us", "CPU per cycle, us", "{:,.1f}"),
+            Column("keeping_cpu_pct", "keeping K, CPU %", "{:,.1f}"),
+            Column("lost", "lost"),
+            Column("warnings", "warnings"),
+            _STALL,
+        ],
+    )
+    runs = []
+    for k in plan.fresh_ks:
+        params = {"k": k, "seconds": seconds, "limit": 60 + k / 1666}
+        runs.append((str(k), params, 2 * seconds + 2 * (60 + k / 1666) + 60))
+    await _child_section(ctx, section, "held_fresh", runs)
+    base = next((r for r in section.rows if r.group == "0" and r.values), None)
+    if base is not None:
+        for row in section.rows:
+            if row.values and row is not base:
+                for key in ("max_ms", "cpu_us"):
+                    ref, got = base.values.get(key), row.values.get(key)
+                    if ref and got:
+                        row.remark += f"{key}: {got / ref:.2f}x K=0; "
+    section.notes += [
+        (
+            "One warm AsyncRedlock: K tasks in `async with redlock.lock(key)` "
+            "(entered at once; default TTL 10 s, extended every third of it), "
+            f"then {seconds:g} s with nothing else (the CPU that keeping K "
+            f"costs), then {seconds:g} s of acquire+release of one other key, "
+            "one after the other. CPU per cycle: the process CPU of that window "
+            "less the keeping CPU of the same length, per cycle; worst: the "
+            "slowest cycle (a full garbage collection over K held locks, a "
+            "keeper batch, shows here). Remark: ratios to the K=0 row."
+        ),
+        f"{_CHILD_NOTE}",
+    ]
+    return section
+
+
 def storm_limits(n: int) -> tuple[float, float, float]:
     """Seconds for every block to enter, for all to end once told to, and the
     hard limit of the child."""
@@ -864,6 +918,7 @@ async def hung_refusal(ctx: Ctx) -> Section:
 
 #: The new scenarios, by ``--only`` name.
 OVERLOAD: dict[str, Callable[[Ctx], Awaitable[Section]]] = {
+    "held_fresh": held_fresh,
     "throughput_256": throughput_256,
     "fake_cpu": fake_cpu,
     "storm": storm,

@@ -32,9 +32,12 @@ class Command:
     :ivar script: the Lua source of an ``EVALSHA``, else None.
     :ivar decode: reply -> vote(s); see :data:`Decode`.
     :ivar keys: the lock keys it acts on (the marker key is not one).
+    :ivar urgent: it renews locks already held, whose holders lose them if it
+        comes late: a transport with a backlog of its own sends it ahead of the
+        backlog (``MuxNode``: on a second connection).
     """
 
-    __slots__ = ("args", "decode", "keys", "resp", "script")
+    __slots__ = ("args", "decode", "keys", "resp", "script", "urgent")
 
     def __init__(
         self,
@@ -43,12 +46,15 @@ class Command:
         decode: Decode,
         keys: tuple[bytes, ...] = (),
         script: str | None = None,
+        *,
+        urgent: bool = False,
     ) -> None:
         self.args = args
         self.resp = resp
         self.decode = decode
         self.keys = keys
         self.script = script
+        self.urgent = urgent
 
     def __repr__(self) -> str:
         return f"<Command {self.args[0]!r} keys={len(self.keys)}>"
@@ -185,7 +191,7 @@ def extend(key: bytes, token: bytes, ttl_ms: int) -> Command:
         ttl,
     )
     args = ("EVALSHA", _scripts.EXTEND_SHA, 1, key, token, ttl_ms)
-    return Command(args, resp, _one, (key,), _scripts.EXTEND)
+    return Command(args, resp, _one, (key,), _scripts.EXTEND, urgent=True)
 
 
 def extend_many(items: list[tuple[bytes, bytes, int]]) -> Command:
@@ -197,7 +203,12 @@ def extend_many(items: list[tuple[bytes, bytes, int]]) -> Command:
         args += (token, ttl_ms)
     keys = tuple(key for key, _, _ in items)
     return Command(
-        tuple(args), encode_command(args), _each_one, keys, _scripts.EXTEND_MANY
+        tuple(args),
+        encode_command(args),
+        _each_one,
+        keys,
+        _scripts.EXTEND_MANY,
+        urgent=True,
     )
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -153,6 +154,7 @@ class Round:
 
     __slots__ = (
         "_answered_before",
+        "_begun",
         "_command",
         "_left",
         "_needed",
@@ -182,6 +184,7 @@ class Round:
         not_after: float | None = None,
     ) -> None:
         loop = asyncio.get_running_loop()
+        self._begun = loop.time()
         self._nodes = nodes
         self._command = command
         self._wait_all = wait_all
@@ -266,6 +269,22 @@ class Round:
             decision = decide(len(self.outcomes), needed, self.yes, self._no)
             if decision is not _UNDECIDED:
                 self._decide(decision)
+
+    def write_delay(self) -> float:
+        """Seconds from the start of this round to the earliest write of a
+        request that was answered yes, as its transport stamped it
+        (``sent_at``, event-loop time, read before the write): no yes node
+        can have run its request earlier. 0 if a transport does not say
+        (redis-py's pool), or if no node said yes."""
+        begun = self._begun
+        earliest = math.inf
+        for fut, outcome in zip(self.replies, self.outcomes, strict=True):
+            if outcome.vote is _YES:
+                sent = getattr(fut, "sent_at", begun)
+                earliest = min(earliest, sent)
+        if earliest == math.inf:
+            return 0.0
+        return max(0.0, earliest - begun)
 
     def _rest_excused(self) -> bool:
         """Every node still pending failed, timed out or has not answered the

@@ -47,6 +47,7 @@ _LOST_CLOSED = "the AsyncRedlock was closed"
 
 #: Called with each lock's verdict: its index in the batch, the verdict, why
 #: (for missed and lost), and the start of the extension (the clock's time).
+#: A lost lock is not marked lost yet: the keeper does, if it still keeps it.
 OnResult: TypeAlias = Callable[[int, Renewal, str, float], None]
 #: Extends a batch of locks; calls back once per lock as it is decided.
 ExtendBatch: TypeAlias = Callable[[Sequence[Lock], OnResult], None]
@@ -289,6 +290,8 @@ class Keeper:
                 self._schedule(reg, now + terms.gap + since)
                 return
             lock._mark_lost("no quorum extended it before its validity would run out")
+        elif verdict is Renewal.LOST:
+            lock._mark_lost(why)
         self._drop(reg)
 
 

@@ -33,7 +33,8 @@ class _Line:
     __slots__ = ("seen", "waiters")
 
     def __init__(self) -> None:
-        self.waiters: deque[Wakeup] = deque()
+        # In arrival order; a dict, so that leaving the line is O(1).
+        self.waiters: dict[Wakeup, None] = {}
         self.seen: deque[bytes] = deque(maxlen=16)
 
     def notify(self, token: bytes) -> None:
@@ -51,6 +52,52 @@ class _Line:
 
 
 _lines: dict[tuple[asyncio.AbstractEventLoop, bytes], _Line] = {}
+
+
+class Closing:
+    """A signal set once, when the client's ``aclose()`` begins: it wakes every
+    acquire sleeping between attempts.
+
+    Sleepers register in a set, so joining and leaving cost O(1). A done
+    callback on one shared future would not: ``Future.remove_done_callback``
+    scans the future's list, so 100,000 acquires in backoff leaving one by one
+    cost O(n^2) (minutes of a blocked event loop; benchmark scenario 7).
+    """
+
+    __slots__ = ("_sleepers", "is_set")
+
+    def __init__(self) -> None:
+        self._sleepers: set[asyncio.Future[None]] = set()
+        self.is_set = False
+
+    def set(self) -> None:
+        """Set it, waking every sleeper. Idempotent."""
+        self.is_set = True
+        sleepers, self._sleepers = self._sleepers, set()
+        for waiter in sleepers:
+            _resolve(waiter)
+
+    async def sleep(self, delay: float) -> None:
+        """Sleep ``delay`` seconds, or until set."""
+        if self.is_set:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        timer = waiter.get_loop().call_later(delay, _resolve, waiter)
+        try:
+            await self.wake_on_set(waiter)
+        finally:
+            timer.cancel()
+
+    async def wake_on_set(self, waiter: asyncio.Future[None]) -> None:
+        """Await ``waiter``, resolved early if the signal is set meanwhile."""
+        if self.is_set:
+            _resolve(waiter)
+        sleepers = self._sleepers
+        sleepers.add(waiter)
+        try:
+            await waiter
+        finally:
+            sleepers.discard(waiter)
 
 
 class Wakeup:
@@ -85,7 +132,7 @@ class Wakeup:
         if line is None:
             line = _lines[where] = _Line()
         self._line = line
-        line.waiters.append(self)
+        line.waiters[self] = None
 
     def _heard(self, token: bytes) -> None:
         if not token:  # the connection dropped (see Channels._lost): every
@@ -122,9 +169,7 @@ class Wakeup:
             return False
         return True
 
-    async def wait(
-        self, delay: float, closing: asyncio.Future[None] | None = None
-    ) -> None:
+    async def wait(self, delay: float, closing: Closing | None = None) -> None:
         """Until this waiter is woken by a release (possibly already, since its
         last wait), ``delay`` seconds have passed or ``closing`` resolves.
         After a dropped subscription: subscribe again, and return at once (a
@@ -136,26 +181,20 @@ class Wakeup:
         if not self.signalled:
             waiter = self._waiter = self._loop.create_future()
             timer = self._loop.call_later(delay, _resolve, waiter)
-            if closing is not None:
-                closing.add_done_callback(self._wake)
             try:
-                await waiter
+                if closing is None:
+                    await waiter
+                else:
+                    await closing.wake_on_set(waiter)
             finally:
                 timer.cancel()
-                if closing is not None:
-                    closing.remove_done_callback(self._wake)
                 self._waiter = None
         self.signalled = False
-
-    def _wake(self, _: object) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
     def close(self) -> None:
         """Leave the line (passing on a wake-up not used) and unsubscribe."""
         line = self._line
-        line.waiters.remove(self)
+        del line.waiters[self]
         if self.signalled:
             line.wake_first()
         if not line.waiters:

@@ -63,7 +63,7 @@ from ._keeper import Keeper
 from ._lock import Lock
 from ._node import Node, Notifier
 from ._nodes import NodeSpec, make_nodes, warn_if_weak
-from ._notify import Wakeup
+from ._notify import Closing, Wakeup
 from ._quorum import Decision, NodeOutcome, Renewal, Vote, backoff, renewal
 from ._scripts import MARKER, channel
 
@@ -170,9 +170,9 @@ class AsyncRedlock:
         self._loop: asyncio.AbstractEventLoop | None = None
         # acquire() calls under way, and what aclose() waits on for them.
         self._acquiring = 0
-        # Resolved when aclose() begins (wakes acquires between attempts), and
+        # Set when aclose() begins (wakes acquires between attempts); resolved
         # when the last acquire under way has ended after that.
-        self._closing: asyncio.Future[None] | None = None
+        self._closing = Closing()
         self._drained: asyncio.Future[None] | None = None
         # Locks not yet released, so that aclose() can release them even when
         # the caller dropped the handle. Expired ones are pruned as it grows.
@@ -246,7 +246,11 @@ class AsyncRedlock:
                         "keys were taken back"
                     )
                 if decision is _REACHED:
-                    valid_until = terms.valid_until(start)
+                    # From the earliest write of a yes request, not from the
+                    # round's start: a request that waited in the client (a
+                    # connection opening, a full window) had not reached its
+                    # node, so that wait costs the lock no validity.
+                    valid_until = terms.valid_until(start + rnd.write_delay())
                     if self.clock() < valid_until:
                         lock = Lock(
                             self,
@@ -292,9 +296,8 @@ class AsyncRedlock:
                             resource, failed.outcomes, attempt, decision, timeout=limit
                         )
                     delay = min(delay, left)
-                closing = self._closing_future()
                 if wakeup is not None:
-                    await wakeup.wait(delay, closing)
+                    await wakeup.wait(delay, self._closing)
                 elif self._notifiers and any(
                     o.vote is Vote.NO for o in failed.outcomes
                 ):
@@ -304,7 +307,7 @@ class AsyncRedlock:
                     wakeup = Wakeup(self._notifiers, channel(key), self._spawn)
                     await wakeup.start(node_timeout)
                 else:
-                    await _sleep(delay, closing)
+                    await self._closing.sleep(delay)
                 if self._closed:
                     raise RedlockClosed(
                         f"acquire of {short_repr(resource)} ended by aclose()"
@@ -525,8 +528,9 @@ class AsyncRedlock:
             )
             if verdict is _RENEWED:
                 lock.valid_until = new_deadline
-            elif verdict is _LOST:
-                lock._mark_lost(why)
+            # Lost: the keeper marks it lost if it still keeps it (a lock whose
+            # block has ended, its release under way, lapsing meanwhile is
+            # no news).
             on_result(k, verdict, why, start)
 
         rnd = BatchRound(
@@ -681,15 +685,6 @@ class AsyncRedlock:
                 )
             self._loop = loop
 
-    def _closing_future(self) -> asyncio.Future[None]:
-        """Resolves when aclose() begins."""
-        closing = self._closing
-        if closing is None:
-            closing = self._closing = asyncio.get_running_loop().create_future()
-            if self._closed:
-                closing.set_result(None)
-        return closing
-
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
@@ -706,8 +701,7 @@ class AsyncRedlock:
             # timers and tasks belong to the loop this client was used in.
             self._check_loop()
         self._closed = True
-        if self._closing is not None and not self._closing.done():
-            self._closing.set_result(None)
+        self._closing.set()
         if self._acquiring:
             # Acquires under way end at their next step (within a per-node
             # timeout), taking back the keys they may have set.
@@ -745,13 +739,6 @@ class AsyncRedlock:
     def __repr__(self) -> str:
         names = ", ".join(node.name for node in self._nodes.nodes)
         return f"<AsyncRedlock [{names}] quorum={self.quorum}>"
-
-
-async def _sleep(delay: float, closing: asyncio.Future[None]) -> None:
-    """Sleep ``delay`` seconds, or until ``closing`` resolves."""
-    if closing.done():
-        return
-    await asyncio.wait((closing,), timeout=delay)
 
 
 def _after_all(

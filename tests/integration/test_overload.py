@@ -18,12 +18,20 @@ request failed), with generous bounds only against hangs.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from typing import TYPE_CHECKING
 
 import pytest
 
-from redlock_aio import AsyncRedlock, LockNotAcquired, MuxNode, Vote
+from redlock_aio import (
+    AsyncRedlock,
+    Lock,
+    LockNotAcquired,
+    MuxNode,
+    Vote,
+    _commands,
+)
 from redlock_aio.testing import HungNode
 
 from .helpers import lock_keys, no_key
@@ -64,6 +72,44 @@ async def test_a_cold_burst_of_non_blocking_acquires_all_succeed(
     assert lock_keys(cluster) == [0, 0, 0]
 
 
+async def test_a_burst_far_beyond_what_the_timeout_covers_all_succeed(
+    cluster: LocalCluster,
+) -> None:
+    """Regression (scenario 7: 100,000 blocks at once acquired none in 120 s):
+    every request of a burst was written at once, so all but the first few
+    thousand timed out behind the client's own backlog (reading their replies
+    takes it seconds), failed, were taken back and retried behind it again.
+    Now at most ``WINDOW`` requests per connection are in flight, the rest wait
+    in the client unwritten and untimed, and a lock's validity counts from
+    its requests' write: 20,000 single attempts at once, with a 200 ms
+    per-node timeout and a 3 s TTL, all succeed."""
+    count = 20_000
+    async with AsyncRedlock(
+        cluster.urls, ttl=3.0, node_timeout=0.2, restart_quarantine=0
+    ) as rl:
+        await (await rl.acquire("warm")).release()  # connections up
+        results = await asyncio.wait_for(
+            asyncio.gather(
+                *(rl.acquire(f"wide:{i}", blocking=False) for i in range(count)),
+                return_exceptions=True,
+            ),
+            PATIENCE,
+        )
+        failed = collections.Counter(
+            type(r).__name__ for r in results if isinstance(r, BaseException)
+        )
+        assert failed == {}
+        released = await asyncio.wait_for(
+            asyncio.gather(
+                *(lock.release() for lock in results if isinstance(lock, Lock)),
+                return_exceptions=True,
+            ),
+            PATIENCE,
+        )
+        assert [r for r in released if r is not None] == []
+    assert lock_keys(cluster) == [0, 0, 0]
+
+
 async def test_blocks_entered_and_ended_together_keep_and_release_every_lock(
     cluster: LocalCluster,
 ) -> None:
@@ -98,9 +144,9 @@ async def test_auto_extension_is_not_starved_by_the_same_clients_bursts(
     cluster: LocalCluster,
 ) -> None:
     """Locks held in blocks (TTL 3 s: extended every second) while the same
-    client runs bursts of thousands of acquire+release on the same
-    connections: the extensions wait behind the bursts' requests, with the
-    grace a busy connection gives, and none of the held locks is lost."""
+    client runs bursts of thousands of acquire+release on the same nodes:
+    the extensions go on each node's second connection, not behind the
+    bursts' requests, and none of the held locks is lost."""
     held = 300
     lost: list[object] = []
     entered = 0
@@ -133,6 +179,65 @@ async def test_auto_extension_is_not_starved_by_the_same_clients_bursts(
             results = await asyncio.gather(*holders, return_exceptions=True)
         assert lost == []
         assert [r for r in results if r is not None] == []
+    assert lock_keys(cluster) == [0, 0, 0]
+
+
+async def _all_blocked(nodes: list[MuxNode]) -> bool:
+    """Whether every node's server holds one client blocked (the BLPOP)."""
+    for node in nodes:
+        info = await asyncio.wait_for(node.execute("INFO", "clients"), PATIENCE)
+        assert isinstance(info, bytes)
+        if b"blocked_clients:1\r\n" not in info:
+            return False
+    return True
+
+
+async def test_a_renewal_does_not_wait_behind_a_request_the_node_blocks_on(
+    cluster: LocalCluster,
+) -> None:
+    """Regression (scenario 8c: all of 1,000 held locks lost beside bursts of
+    20,000): a renewal was written on the node's one connection, behind every
+    request of the client's in flight there, and came too late. Here each
+    node's main connection waits on a ``BLPOP`` that the server holds: the
+    extension is answered on the second connection meanwhile, by every node
+    (before, it waited behind the BLPOP, and its timeout aborted the
+    connection)."""
+    async with AsyncRedlock(cluster.urls, ttl=30.0, restart_quarantine=0) as rl:
+        lock = await rl.acquire("renewed")
+        nodes = [node for node in rl.nodes if isinstance(node, MuxNode)]
+        assert len(nodes) == 3
+        blocked = [
+            asyncio.create_task(node.execute("BLPOP", "blpop:held", PATIENCE))
+            for node in nodes
+        ]
+        others = [MuxNode.from_url(url) for url in cluster.urls]
+        try:
+            # Until every server holds its BLPOP (asked on other connections).
+            while not await _all_blocked(others):  # noqa: ASYNC110 (a server's state)
+                await asyncio.sleep(0.01)
+            # Every node renews it (the command that Lock.extend sends),
+            # while each BLPOP is still held.
+            # (After the acquire's request on that node: its SET may still
+            # be in flight, as Lock.extend knows.)
+            renewals = [
+                node.submit(
+                    _commands.extend(lock.key, lock.token, 30_000),
+                    timeout=PATIENCE,
+                    after=last,
+                )
+                for node, last in zip(nodes, lock._last_requests, strict=True)
+            ]
+            # (Before: no answer while the BLPOPs were held; a bound under the
+            # suite's own timeout.)
+            answered = await asyncio.wait_for(asyncio.gather(*renewals), PATIENCE / 4)
+            assert answered == [1] * 3
+            assert not any(task.done() for task in blocked)
+        finally:
+            for other in others:  # ends the BLPOPs
+                await other.execute("RPUSH", "blpop:held", "x")
+                await other.aclose()
+            await asyncio.wait_for(asyncio.gather(*blocked), PATIENCE)
+        await lock.release()
     assert lock_keys(cluster) == [0, 0, 0]
 
 

@@ -377,3 +377,102 @@ async def test_a_shorter_extend_shortens_the_validity() -> None:
         assert lock.valid_until == pytest.approx(start + 2.0 - (0.02 + 0.002))
         assert [o.vote for o in lock.outcomes] == [Vote.YES] * 3
         await lock.release()
+
+
+class _SilentNotifier(FakeNode):
+    """A fake node that takes release subscriptions and never fires them."""
+
+    async def subscribe(self, channel: bytes, callback: object) -> None:
+        pass
+
+    def unsubscribe(self, channel: bytes, callback: object) -> None:
+        pass
+
+
+def _most_callbacks_on_one_future() -> int:
+    import gc
+
+    return max(
+        (
+            len(obj._callbacks or ())
+            for obj in gc.get_objects()
+            if asyncio.isfuture(obj)
+        ),
+        default=0,
+    )
+
+
+@pytest.mark.parametrize("notified", [False, True], ids=["polling", "notified"])
+async def test_acquires_in_backoff_share_no_future_they_must_leave_one_by_one(
+    notified: bool,
+) -> None:
+    """Regression (benchmark scenario 7): every acquire sleeping between attempts
+    put a done callback on the client's one shared "closing" future, and each
+    wake-up removed its own by scanning that future's list: O(n^2) for n
+    acquires in backoff (100,000 blocked the event loop for minutes). Their
+    sleeps are now their own; aclose() still wakes them all."""
+    clock = FakeClock()
+    kind = _SilentNotifier if notified else FakeNode  # notified: the Wakeup path
+    nodes: list[FakeNode] = [kind(f"fake{i}", clock) for i in range(3)]
+    waiting = 500
+    async with make(nodes, clock, retry_delay=3600.0, retry_delay_max=3600.0) as rl:
+        held = await rl.acquire("busy")
+        tasks = [asyncio.create_task(rl.acquire("busy")) for _ in range(waiting)]
+        # Notified: a first attempt, the subscription, a second attempt at once.
+        attempts = 2 if notified else 1
+        sets = 3 * (1 + attempts * waiting)
+        while sum(n.calls.count("set") for n in nodes) < sets:  # noqa: ASYNC110 (a state)
+            await asyncio.sleep(0)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert _most_callbacks_on_one_future() < waiting // 10
+        await held.release()
+    # aclose() woke every sleeper: each ended with RedlockClosed, none hangs.
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(type(r).__name__ == "RedlockClosed" for r in results)
+
+
+class _StampedFuture(asyncio.Future[object]):
+    sent_at: float
+
+
+class _StampingNode(FakeNode):
+    """A fake node whose requests say when they were written (``sent_at``, as
+    ``MuxNode``'s do): ``written_after`` seconds after they were made."""
+
+    written_after: float = 0.0
+
+    def submit(self, command: object, **kwargs: object) -> asyncio.Future[object]:
+        inner = super().submit(command, **kwargs)  # type: ignore[arg-type]
+        loop = asyncio.get_running_loop()
+        outer = _StampedFuture(loop=loop)
+        outer.sent_at = loop.time() + self.written_after
+
+        def copy(done: asyncio.Future[object]) -> None:
+            if done.cancelled():
+                outer.cancel()
+            elif done.exception() is not None:
+                outer.set_exception(done.exception())  # type: ignore[arg-type]
+            else:
+                outer.set_result(done.result())
+
+        inner.add_done_callback(copy)
+        return outer
+
+
+async def test_validity_counts_from_the_earliest_write_of_a_yes_request() -> None:
+    """A request that waited in the client before its write (a connection
+    opening, a full window) had not reached its node: the lock's validity
+    counts from the earliest write among the nodes that said yes, never from
+    a no's (its key is not the lock's)."""
+    clock = FakeClock()
+    nodes = [_StampingNode(f"s{i}", clock) for i in range(3)]
+    for node, after in zip(nodes, (2.0, 3.0, 0.5), strict=True):
+        node.written_after = after
+    nodes[2].store[b"r"] = (b"someone else", clock() + 60.0)  # says no
+    async with make(list(nodes), clock) as rl:
+        start = clock()
+        lock = await rl.acquire("r", blocking=False)
+        drift = 10.0 * 0.01 + 0.002
+        assert lock.valid_until == pytest.approx(start + 2.0 + 10.0 - drift, abs=0.05)
+        await lock.release()

@@ -19,6 +19,7 @@ from redlock_aio._mux import (
     BACKLOG_GRACE,
     CORK_DEPTH,
     MAX_REPLY_BYTES,
+    WINDOW,
     MuxNode,
     _Connection,
 )
@@ -255,3 +256,130 @@ async def test_requests_made_while_connecting_are_timed_from_their_write() -> No
     node._conn.data_received(b"+OK\r\n" * 6 + b"+PONG\r\n" * 5)  # type: ignore[union-attr]
     assert [f.result() for f in futs] == [b"PONG"] * 5
     await node.aclose()
+
+
+# -- the window: at most WINDOW requests in flight per connection -------------------
+
+
+async def test_requests_beyond_the_window_wait_unwritten_and_untimed() -> None:
+    """Regression (scenario 7): a burst was written whole, and the requests
+    behind the client's own backlog timed out before it could read their
+    replies. Beyond ``WINDOW`` in flight, requests wait in the client, not
+    timed (so no check can time them out), and are written, in order, as
+    replies make room; each is timed from its own write."""
+    node, conn, transport = connected()
+    loop = asyncio.get_running_loop()
+    futs = [ping(node) for _ in range(WINDOW + 10)]
+    await asyncio.sleep(0)  # the turn's corked writes go out
+    written = sum(chunk.count(b"PING") for chunk in transport.written)
+    assert written == WINDOW
+    waiting = futs[WINDOW:]
+    assert all(f.deadline == float("inf") for f in waiting)  # type: ignore[attr-defined]
+    assert all(f.sent_at == float("inf") for f in waiting)  # type: ignore[attr-defined]
+    conn._check()  # no check judges them
+    assert not any(f.done() for f in waiting)
+    before = loop.time()
+    conn.data_received(b"+PONG\r\n" * 10)  # room for ten
+    await asyncio.sleep(0)
+    written = sum(chunk.count(b"PING") for chunk in transport.written)
+    assert written == WINDOW + 10
+    assert all(before <= f.sent_at < float("inf") for f in waiting)  # type: ignore[attr-defined]
+    assert all(f.deadline < float("inf") for f in waiting)  # type: ignore[attr-defined]
+    conn.data_received(b"+PONG\r\n" * WINDOW)
+    assert all(f.result() == b"PONG" for f in futs)
+
+
+async def test_a_request_waiting_for_the_window_is_cancelled_without_harm() -> None:
+    """Cancelled before it was written: nothing is aborted (it was never on
+    the wire), and it is skipped when room comes."""
+    node, conn, transport = connected()
+    futs = [ping(node) for _ in range(WINDOW + 2)]
+    await asyncio.sleep(0)
+    futs[WINDOW].cancel()
+    assert conn.failure is None
+    conn.data_received(b"+PONG\r\n" * 2)
+    await asyncio.sleep(0)
+    written = sum(chunk.count(b"PING") for chunk in transport.written)
+    assert written == WINDOW + 1  # the cancelled one skipped
+    conn.data_received(b"+PONG\r\n" * WINDOW)
+    assert futs[-1].result() == b"PONG"
+
+
+async def test_a_failed_connection_fails_the_requests_waiting_for_the_window() -> None:
+    node, conn, _ = connected()
+    futs = [ping(node) for _ in range(WINDOW + 3)]
+    conn.fail(redis.exceptions.ConnectionError, "gone")
+    assert all(
+        isinstance(f.exception(), redis.exceptions.ConnectionError) for f in futs
+    )
+
+
+async def test_a_request_is_stamped_before_its_bytes_are_written() -> None:
+    """``sent_at`` is read before the write: the node cannot have run the
+    request earlier, so a validity counted from it is never too long."""
+    node, _, transport = connected()
+    stamps: list[float] = []
+    loop = asyncio.get_running_loop()
+    write = transport.write
+
+    def recording(data: bytes) -> None:
+        stamps.append(loop.time())
+        write(data)
+
+    transport.write = recording  # type: ignore[method-assign]
+    fut = ping(node)
+    assert fut.sent_at <= stamps[0]  # type: ignore[attr-defined]
+
+
+# -- the urgent lane ------------------------------------------------------------------
+
+
+def connected_lane(node: MuxNode) -> tuple[_Connection, FakeTransport]:
+    """The node's urgent lane, connected to a fake transport."""
+    lane = node._urgent_lane()
+    conn = _Connection(lane, asyncio.get_running_loop())
+    transport = FakeTransport()
+    conn.connection_made(transport)
+    conn.set_up([])
+    lane._conn = conn
+    return conn, transport
+
+
+async def test_renewals_go_on_their_own_connection_and_the_rest_do_not() -> None:
+    node, _, transport = connected()
+    lane_conn, lane_transport = connected_lane(node)
+    extend = node.submit(_commands.extend(b"k", b"t", 1000), timeout=1.0)
+    batch = node.submit(_commands.extend_many([(b"k", b"t", 1000)]), timeout=1.0)
+    release = node.submit(_commands.release(b"k", b"t", notify=False), timeout=1.0)
+    assert len(lane_transport.written) == 2  # the renewals
+    assert len(transport.written) == 1  # the release
+    lane_conn.data_received(b":1\r\n*1\r\n:1\r\n")
+    assert (extend.result(), batch.result()) == (1, [1])
+    assert not release.done()
+
+
+async def test_a_request_after_one_on_the_other_connection_waits_for_it() -> None:
+    """``after`` holds across the two connections: a release ordered after a
+    renewal still in flight on the urgent lane is written only once that is
+    answered, and a renewal ordered after a SET still in flight on the main
+    connection likewise."""
+    node, _, transport = connected()
+    lane_conn, lane_transport = connected_lane(node)
+    set_nx = node.submit(_commands.set_nx(b"k", b"t", 1000), timeout=1.0)
+    extend = node.submit(_commands.extend(b"k", b"t", 1000), timeout=1.0, after=set_nx)
+    assert lane_transport.written == []  # waits for the SET
+    conn = node._conn
+    assert conn is not None
+    conn.data_received(b"+OK\r\n")
+    assert set_nx.result() == b"OK"
+    await asyncio.sleep(0)  # done callbacks run in the next turn
+    assert len(lane_transport.written) == 1
+    release = node.submit(
+        _commands.release(b"k", b"t", notify=False), timeout=1.0, after=extend
+    )
+    assert len(transport.written) == 1  # waits for the renewal
+    lane_conn.data_received(b":1\r\n")
+    await asyncio.sleep(0)
+    assert len(transport.written) == 2
+    conn.data_received(b":1\r\n")
+    assert release.result() == 1
