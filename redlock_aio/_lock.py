@@ -8,6 +8,7 @@ way.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from typing import TYPE_CHECKING, Any, Protocol, final
@@ -20,8 +21,7 @@ else:  # pragma: no cover
     from typing_extensions import Self
 
 if TYPE_CHECKING:
-    import asyncio
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from types import TracebackType
 
     from ._config import LeaseTerms
@@ -81,7 +81,7 @@ class Lock:
         token: bytes,
         terms: LeaseTerms,
         valid_until: float,
-        last_requests: list[asyncio.Future[Any]],
+        last_requests: Sequence[asyncio.Future[Any] | None],
         outcomes: list[NodeOutcome],
     ) -> None:
         self._manager = manager
@@ -91,8 +91,8 @@ class Lock:
         self.ttl = terms.ttl
         self._terms = terms
         self.valid_until = valid_until
-        # Per node, the future of this lock's latest request: the next one is
-        # ordered after it.
+        # Per node, the future of this lock's latest request (None: answered,
+        # nothing to wait for): the next one is ordered after it.
         self._last_requests = last_requests
         self._outcomes = outcomes
         self._released = False
@@ -167,6 +167,13 @@ class Lock:
             releasable, and its keys expire by their TTL.
         """
         await self._manager._release(self)
+
+    async def _settled(self) -> None:
+        """Until this lock's latest requests have all been answered or timed
+        out (a quorum decides before the slowest node answers): for tests."""
+        pending = [f for f in self._last_requests if f is not None and not f.done()]
+        if pending:
+            await asyncio.wait(pending)
 
     def on_lost(self, callback: Callable[[Lock], object]) -> None:
         """Call ``callback(lock)`` once, when the lock becomes known lost."""

@@ -158,6 +158,7 @@ class AsyncRedlock:
         _config.check_clock(clock)
         self.clock: Callable[[], float] = time.monotonic if clock is None else clock
         self._nodes = Nodes(make_nodes(_config.check_node_list(nodes)))
+        self._no_requests: tuple[None, ...] = (None,) * len(self._nodes)
         self.quorum = self._nodes.needed
         self._notifiers = [n for n in self._nodes.nodes if isinstance(n, Notifier)]
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -259,7 +260,7 @@ class AsyncRedlock:
                             token,
                             terms,
                             valid_until,
-                            rnd.replies,
+                            _in_flight_only(rnd.replies, self._no_requests),
                             rnd.outcomes,
                         )
                         self._track(lock)
@@ -741,12 +742,24 @@ class AsyncRedlock:
         return f"<AsyncRedlock [{names}] quorum={self.quorum}>"
 
 
+def _in_flight_only(
+    replies: list[asyncio.Future[Any]], none: tuple[None, ...]
+) -> Sequence[asyncio.Future[Any] | None]:
+    """A new lock's latest requests, to order its next ones after: ``none``
+    (shared) once all are answered, so that a held lock keeps no finished
+    futures for the garbage collector to scan."""
+    for fut in replies:
+        if not fut.done():
+            return replies
+    return none
+
+
 def _after_all(
-    futures: Sequence[asyncio.Future[Any]],
+    futures: Sequence[asyncio.Future[Any] | None],
 ) -> asyncio.Future[Any] | None:
     """One future to order a request after every one of ``futures`` still in
     flight (None if none is)."""
-    pending = {f for f in futures if not f.done()}
+    pending = {f for f in futures if f is not None and not f.done()}
     if not pending:
         return None
     if len(pending) == 1:

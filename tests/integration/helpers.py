@@ -21,7 +21,7 @@ async def settle(lock: Lock) -> list[bool | None]:
     """Wait for the lock's requests still in flight (the quorum decides before
     the slowest node answers); each node's last answer: True for yes, False for
     no, None for a failure or a timeout."""
-    await asyncio.wait(lock._last_requests)
+    await lock._settled()
     answers = {Vote.YES: True, Vote.QUARANTINED: True, Vote.NO: False}
     return [answers.get(o.vote) for o in lock.outcomes]
 

@@ -4,7 +4,6 @@ gets a clear answer, never a hang; no password ever shows."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 
@@ -102,7 +101,7 @@ async def test_a_ttl_of_days(cluster: LocalCluster) -> None:
     days = 3 * 24 * 3600.0
     async with Redlock(cluster.urls, ttl=days) as rl, rl.lock("r") as lock:
         assert lock.remaining() > days - days * 0.011
-        await asyncio.wait(lock._last_requests)
+        await lock._settled()
         pttl = cluster[0].command("PTTL", "r")
         assert isinstance(pttl, int)
         assert 0 < pttl <= days * 1000

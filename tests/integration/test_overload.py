@@ -298,7 +298,7 @@ async def test_a_node_streaming_a_reply_that_never_ends_is_dropped(
         ) as rl:
             for _ in range(3):
                 lock = await asyncio.wait_for(rl.acquire("r"), PATIENCE)
-                await asyncio.wait_for(asyncio.wait(lock._last_requests), PATIENCE)
+                await asyncio.wait_for(lock._settled(), PATIENCE)
                 # The streaming node's request failed (cut at the size cap or
                 # at its timeout, whichever came first), its connection with it.
                 assert lock.outcomes[2].vote in (Vote.ERROR, Vote.TIMEOUT)

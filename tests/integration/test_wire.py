@@ -603,7 +603,7 @@ async def test_connect_is_shared_and_outlives_a_cancelled_waiter() -> None:
 
 async def settle(lock: Lock) -> None:
     """Wait for the lock's requests still in flight (the quorum decides first)."""
-    await asyncio.wait(lock._last_requests)
+    await lock._settled()
 
 
 def keys(cluster: LocalCluster, key: bytes) -> list[object]:

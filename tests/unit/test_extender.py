@@ -347,6 +347,6 @@ async def test_a_release_waits_for_the_extension_in_flight_on_its_node() -> None
         assert lock.released
         # The release to "slow" went on in the background, chained after the
         # extension in flight there.
-        await asyncio.wait(lock._last_requests)
+        await lock._settled()
         assert slow.events == ["extend_many", "extend_many ended", "release"]
     assert all(not n.store for n in [*nodes[:2], slow])
