@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("redlock_aio")
 
+_get_running_loop = asyncio.get_running_loop
+_INF = math.inf
+
 # Enum members as module constants: on Python 3.11 ``Vote.YES`` is an
 # attribute lookup that costs about 45 ns, and the hot path makes dozens.
 _YES = Vote.YES
@@ -148,21 +151,21 @@ class Round:
     :ivar decision: the outcome once decided (:attr:`decided` may have been
         cancelled by its waiter meanwhile).
     :ivar yes: the yes votes so far.
-    :ivar answered: the answers so far (yes, no or quarantined; not errors or
-        timeouts).
     """
 
     __slots__ = (
         "_answered_before",
+        "_asked",
         "_begun",
         "_command",
+        "_decode",
+        "_failed",
         "_left",
         "_needed",
-        "_no",
         "_nodes",
+        "_refused",
         "_wait_all",
         "_watchers",
-        "answered",
         "decided",
         "decision",
         "outcomes",
@@ -183,37 +186,39 @@ class Round:
         after: Sequence[asyncio.Future[Any] | None] | None = None,
         not_after: float | None = None,
     ) -> None:
-        loop = asyncio.get_running_loop()
+        loop = _get_running_loop()
         self._begun = loop.time()
         self._nodes = nodes
         self._command = command
+        self._decode = command.decode
         self._wait_all = wait_all
         self._answered_before = answered_before
         self._needed = needed
-        self.yes = self._no = self.answered = 0
+        self.yes = self._refused = self._failed = 0
         self.decided: asyncio.Future[Decision] = loop.create_future()
         self.decision = _UNDECIDED
         self._watchers: list[asyncio.Future[Decision]] | None = None
-        pending = nodes.pending
-        index: Sequence[int]
+        node_list = nodes.nodes
         if only is None:
-            index = range(len(pending))
-            self.outcomes: list[NodeOutcome] = list(pending)
+            self.outcomes: list[NodeOutcome] = list(nodes.pending)
+            ask: Sequence[Node] = node_list
+            index: Sequence[int] = range(len(node_list))
         else:
+            pending = nodes.pending
+            self.outcomes = [pending[i] for i in only]
+            ask = [node_list[i] for i in only]
             index = only
-            self.outcomes = [pending[i] for i in index]
-        self._left = len(index)
-        replies: list[asyncio.Future[Any]] = []
-        self.replies = replies
-        if not index:
+        self._left = self._asked = len(ask)
+        self.replies: list[asyncio.Future[Any]] = []
+        if not ask:
             return
         nodes.rounds.add(self)
         on_reply = self._on_reply
-        node_list = nodes.nodes
         timeout = max(timeout, 0.0)
+        replies = self.replies
         for j, i in enumerate(index):
             replies.append(
-                node_list[i].submit(
+                ask[j].submit(
                     command,
                     timeout=timeout,
                     after=None if after is None else after[j],
@@ -225,50 +230,81 @@ class Round:
     def _on_reply(self, j: int, i: int, fut: asyncio.Future[Any]) -> None:
         """Node ``i`` (``j``-th of this round) settled: count its vote."""
         nodes = self._nodes
-        ours = False  # a cancellation of ours (closing) says nothing of the node
-        if fut.cancelled() or fut.exception() is not None:
-            outcome = _failure(nodes.nodes[i], fut, self._command.script)
-            ours = fut.cancelled()
+        try:
+            reply = fut.result()
+        except BaseException:  # noqa: BLE001 - failed, timed out or cancelled: not a vote
+            self._count_failure(j, i, fut)
+            return
+        vote = self._decode(reply)
+        if vote is True:
+            self.outcomes[j] = nodes.yes[i]
+            self.yes += 1
+        elif vote is False:
+            self.outcomes[j] = nodes.no[i]
+            self._refused += 1
+        elif type(vote) is Quarantined:
+            self.outcomes[j] = _quarantined(nodes.nodes[i].name, vote)
+            self._refused += 1
         else:
-            vote = self._command.decode(fut.result())
-            if vote is True:
-                outcome = nodes.yes[i]
-            elif vote is False:
-                outcome = nodes.no[i]
-            elif type(vote) is Quarantined:
-                outcome = _quarantined(nodes.nodes[i].name, vote)
-            else:
-                name = nodes.nodes[i].name
-                err = NodeError(name, f"unexpected reply {vote!r:.80}")
-                outcome = NodeOutcome(name, Vote.ERROR, err)
+            name = nodes.nodes[i].name
+            err = NodeError(name, f"unexpected reply {vote!r:.80}")
+            self._count(j, i, NodeOutcome(name, Vote.ERROR, err), ours=False)
+            return
+        if nodes.failing[i]:
+            nodes.recovered(i)
+        left = self._left = self._left - 1
+        if not left:
+            nodes.rounds.discard(self)
+        if self.decision is not _UNDECIDED:
+            return
+        if self._wait_all:
+            self._decide_all()
+        else:  # _maybe_decide(), spelled out: this runs for every reply
+            decision = decide(
+                self._asked, self._needed, self.yes, self._refused + self._failed
+            )
+            if decision is not _UNDECIDED:
+                self._decide(decision)
+
+    def _count_failure(self, j: int, i: int, fut: asyncio.Future[Any]) -> None:
+        outcome = _failure(self._nodes.nodes[i], fut, self._command.script)
+        # A cancellation of ours (closing) says nothing of the node.
+        self._count(j, i, outcome, ours=fut.cancelled())
+
+    def _count(self, j: int, i: int, outcome: NodeOutcome, *, ours: bool) -> None:
+        """Count a reply that is not an answer (an error, a timeout)."""
+        nodes = self._nodes
         self.outcomes[j] = outcome
+        self._failed += 1
+        if not ours:
+            nodes.failed(i, outcome)
         self._left -= 1
         if not self._left:
             nodes.rounds.discard(self)
-        vote = outcome.vote
-        if vote is _YES:
-            self.yes += 1
-            self.answered += 1
-            if nodes.failing[i]:
-                nodes.recovered(i)
-        else:
-            self._no += 1
-            if vote in _ANSWERS:
-                self.answered += 1
-                if nodes.failing[i]:
-                    nodes.recovered(i)
-            elif not ours:
-                nodes.failed(i, outcome)
-        if self.decision is not _UNDECIDED:
-            return
-        needed = self._needed
+        if self.decision is _UNDECIDED:
+            self._maybe_decide()
+
+    def _maybe_decide(self) -> None:
         if self._wait_all:
-            if not self._left or (self.answered >= needed and self._rest_excused()):
-                self._decide(_REACHED if self.yes >= needed else _FAILED)
+            self._decide_all()
         else:
-            decision = decide(len(self.outcomes), needed, self.yes, self._no)
+            decision = decide(
+                self._asked, self._needed, self.yes, self._refused + self._failed
+            )
             if decision is not _UNDECIDED:
                 self._decide(decision)
+
+    def _decide_all(self) -> None:
+        """With ``wait_all``: decide once every node is done, or once enough
+        answered and the rest are excused."""
+        needed = self._needed
+        if not self._left or (self.answered >= needed and self._rest_excused()):
+            self._decide(_REACHED if self.yes >= needed else _FAILED)
+
+    @property
+    def answered(self) -> int:
+        """The answers so far (yes, no or quarantined; not errors or timeouts)."""
+        return self.yes + self._refused
 
     def write_delay(self) -> float:
         """Seconds from the start of this round to the earliest write of a
@@ -277,12 +313,13 @@ class Round:
         can have run its request earlier. 0 if a transport does not say
         (redis-py's pool), or if no node said yes."""
         begun = self._begun
-        earliest = math.inf
-        for fut, outcome in zip(self.replies, self.outcomes, strict=True):
+        earliest = _INF
+        replies = self.replies
+        # Indexing, not zip(..., strict=True), which costs twice as much here.
+        for j, outcome in enumerate(self.outcomes):
             if outcome.vote is _YES:
-                sent = getattr(fut, "sent_at", begun)
-                earliest = min(earliest, sent)
-        if earliest == math.inf:
+                earliest = min(earliest, getattr(replies[j], "sent_at", begun))
+        if earliest == _INF:
             return 0.0
         return max(0.0, earliest - begun)
 
@@ -292,8 +329,8 @@ class Round:
         before = self._answered_before
         if before is None:
             return False
-        for now, then in zip(self.outcomes, before, strict=True):
-            if now.vote is _PENDING and then.vote in _ANSWERS:
+        for j, now in enumerate(self.outcomes):
+            if now.vote is _PENDING and before[j].vote in _ANSWERS:
                 return False
         return True
 

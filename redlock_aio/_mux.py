@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections import deque
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
@@ -87,6 +88,19 @@ LATE = 0.5
 MAX_REPLY_BYTES = 16 * 1024 * 1024
 
 _P = TypeVar("_P", bound=asyncio.Protocol)
+
+_INF = math.inf
+_get_running_loop = asyncio.get_running_loop
+
+
+def loop_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
+    """``loop.time``, or the C function it calls: asyncio's own loops read
+    ``time.monotonic()`` in a Python method, a frame per call that a request
+    pays several times (uvloop's has its own clock)."""
+    if type(loop).time is asyncio.BaseEventLoop.time:
+        return time.monotonic
+    return loop.time
+
 
 #: A set-up command sent on every new connection: a label for messages, the
 #: encoded command, and what to do with its reply (``None``: it must succeed,
@@ -189,6 +203,7 @@ class _Connection(asyncio.Protocol):
     __slots__ = (
         "_backlog",
         "_buffered",
+        "_clock",
         "_corked",
         "_corked_replies",
         "_gates",
@@ -212,6 +227,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self, node: MuxNode, loop: asyncio.AbstractEventLoop) -> None:
         self._node = node
         self._loop = loop
+        self._clock = loop_clock(loop)
         self._reader = hiredis.Reader(replyError=reply_error)
         self._waiters: deque[PendingReply | None] = deque()
         self._setup: deque[tuple[str, Callable[[object], None] | None]] = deque()
@@ -331,14 +347,13 @@ class _Connection(asyncio.Protocol):
         assert command is not None
         corked = self._corked
         if corked is None:
-            now = self._loop.time()
+            now = self._clock()
             self._transport.write(command.resp)  # type: ignore[union-attr]
             self._stamp(fut, now)
             if len(self._waiters) >= CORK_DEPTH:
                 # Busy: hold the next writes of this turn, send them at its end
                 # together (they would wait behind these replies anyway).
-                self._corked = []
-                self._loop.call_soon(self.uncork)
+                self._cork()
         else:
             corked.append(command.resp)
             fut.deadline = math.inf  # timed once written (a held request's
@@ -363,13 +378,18 @@ class _Connection(asyncio.Protocol):
         else:
             corked.append(data)
 
+    def _cork(self) -> None:
+        """Hold the writes from now to the end of this turn of the loop."""
+        self._corked = []
+        self._loop.call_soon(self.uncork)
+
     def uncork(self) -> None:
         """Send the writes held since the first of this turn; their timeouts
         start now."""
         corked, self._corked = self._corked, None
         replies, self._corked_replies = self._corked_replies, []
         if corked and self.usable():
-            now = self._loop.time()
+            now = self._clock()
             self._transport.write(b"".join(corked))  # type: ignore[union-attr]
             for fut in replies:
                 if not fut.done():
@@ -414,7 +434,7 @@ class _Connection(asyncio.Protocol):
         docstring for the rule."""
         if self.failure is not None:
             return
-        now = self._loop.time()
+        now = self._clock()
         answered_at = self.answered_at
         next_at = math.inf
         for fut in list(self._waiters):  # a timed-out request's hook may send
@@ -485,7 +505,15 @@ class _Connection(asyncio.Protocol):
                         continue
                     else:
                         fut.set_exception(reply)
-                    fut.settled()
+                    # fut.settled(), inlined (once per reply)
+                    fut.command = None
+                    hook = fut.on_done
+                    if hook is not None:
+                        fut.on_done = None
+                        try:
+                            hook(fut)
+                        except Exception:  # a bug: must not break the connection
+                            logger.exception("handling a reply")
                 reply = reader.gets()
         except (hiredis.HiredisError, IndexError) as exc:
             what = "an unexpected reply" if isinstance(exc, IndexError) else exc
@@ -494,7 +522,7 @@ class _Connection(asyncio.Protocol):
         finally:
             if count:
                 self.answered += count
-                self.answered_at = self._loop.time()
+                self.answered_at = self._clock()
         if count:
             self._buffered = 0
             if self._backlog:
@@ -519,9 +547,8 @@ class _Connection(asyncio.Protocol):
             return
         if self._corked is None:
             # Held and sent together at the end of this turn, by uncork().
-            self._corked = []
-            self._loop.call_soon(self.uncork)
-        now = self._loop.time()
+            self._cork()
+        now = self._clock()
         while backlog and room > 0:
             fut = backlog.popleft()
             if fut.done():
@@ -745,19 +772,54 @@ class MuxNode:
         on_done: OnDone | None = None,
         not_after: float | None = None,
     ) -> asyncio.Future[object]:
-        loop = asyncio.get_running_loop()
+        loop = _get_running_loop()
         fut = PendingReply(loop=loop)
         fut.command = command
         fut.node = self
-        fut.conn = None
         fut.timeout = timeout
-        fut.not_after = math.inf if not_after is None else not_after
+        fut.not_after = limit = _INF if not_after is None else not_after
         fut.graces = 0
         fut.reloaded = False
-        fut.mark = -1
-        fut.sent_at = math.inf
-        fut.deadline = math.inf
         fut.on_done = on_done
+        conn = self._conn
+        if (
+            conn is not None
+            and not command.urgent
+            and (after is None or after.done())
+            and conn._corked is None
+            and conn.failure is None
+            and conn._loop is loop
+            and not conn._backlog
+        ):
+            # The common case, in one frame (it is most of a lock's client
+            # CPU): an open connection of this loop, no burst on, room in the
+            # window. What _send_or_queue, send, _send_now and _stamp do.
+            transport = conn._transport
+            waiters = conn._waiters
+            if (
+                transport is not None
+                and len(waiters) < WINDOW
+                and not transport.is_closing()
+            ):
+                fut.conn = conn
+                now = conn._clock()
+                transport.write(command.resp)
+                fut.sent_at = now
+                fut.mark = conn.answered
+                deadline = now + timeout
+                if deadline > limit:  # noqa: PLR1730 - min() is a call more
+                    deadline = limit
+                fut.deadline = deadline
+                if deadline < conn._timer_at:
+                    conn._arm(deadline)
+                waiters.append(fut)
+                if len(waiters) > CORK_DEPTH:
+                    conn._cork()
+                return fut
+        fut.conn = None
+        fut.mark = -1
+        fut.sent_at = _INF
+        fut.deadline = _INF
         # A renewal of held locks goes on a connection of its own (the urgent
         # lane), so that it never waits behind this client's own burst on the
         # main one, whose replies come strictly in order.

@@ -83,15 +83,22 @@ class Decision(enum.Enum):
     FAILED = "failed"
 
 
+# Members as module constants: an enum attribute lookup costs about 45 ns on
+# Python 3.11, and decide() runs for every reply.
+_REACHED = Decision.REACHED
+_FAILED = Decision.FAILED
+_PENDING = Decision.PENDING
+
+
 def decide(n: int, needed: int, yes: int, against: int) -> Decision:
     """The outcome of a vote of ``n`` nodes so far: reached once ``needed``
     said yes, failed once so many voted otherwise (no, error, timeout) that
     ``needed`` is out of reach, else pending."""
     if yes >= needed:
-        return Decision.REACHED
+        return _REACHED
     if n - against < needed:
-        return Decision.FAILED
-    return Decision.PENDING
+        return _FAILED
+    return _PENDING
 
 
 class Quarantined:

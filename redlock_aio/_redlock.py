@@ -2,7 +2,7 @@
 
 Acquire:
 
-1. A fresh 20-byte token from :mod:`secrets` for each attempt.
+1. A fresh 20-byte token from the OS CSPRNG (:func:`os.urandom`, as :mod:`secrets`) for each attempt.
 2. ``SET key token NX PX ttl`` (with the restart quarantine's marker check) to
    every node at once, each under the per-node timeout; the attempt is decided
    as soon as a quorum said yes or cannot.
@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
-import secrets
 import sys
 import time
 from functools import partial
@@ -155,6 +155,8 @@ class AsyncRedlock:
             restart_quarantine=restart_quarantine,
         )
         self._terms = TermsCache(self.settings)
+        self._default_terms = self._terms.default
+        self._prefix = self.settings.key_prefix
         _config.check_clock(clock)
         self.clock: Callable[[], float] = time.monotonic if clock is None else clock
         self._nodes = Nodes(make_nodes(_config.check_node_list(nodes)))
@@ -216,13 +218,14 @@ class AsyncRedlock:
         cleanup is shielded and bounded by the per-node timeout.
         """
         key, terms = self._check(resource, ttl)
-        _config.flag("blocking", blocking)
+        if blocking is not True and blocking is not False:
+            _config.flag("blocking", blocking)
         limit = None if timeout is None else _config.check_timeout(timeout)
         s = self.settings
         deadline = None if limit is None else self.clock() + limit
         node_timeout = terms.node_timeout
-        # Every request of this call still in flight (take-backs included):
-        # waited for, shielded, if the call is cancelled.
+        # Every request of this call's earlier attempts still in flight (their
+        # take-backs included): waited for, shielded, if the call is cancelled.
         in_flight: list[asyncio.Future[Any]] = []
         attempt = 0
         rnd: Round | None = None
@@ -231,7 +234,9 @@ class AsyncRedlock:
         try:
             while True:
                 attempt += 1
-                token = secrets.token_bytes(20)
+                token = os.urandom(
+                    20
+                )  # what secrets.token_bytes(20) returns, two frames sooner
                 start = self.clock()
                 rnd = Round(
                     self._nodes,
@@ -239,7 +244,6 @@ class AsyncRedlock:
                     timeout=node_timeout,
                     needed=self.quorum,
                 )
-                in_flight += rnd.replies
                 decision = await rnd.decided
                 if self._closed:  # aclose() began meanwhile: take the keys back
                     raise RedlockClosed(
@@ -263,7 +267,10 @@ class AsyncRedlock:
                             _in_flight_only(rnd.replies, self._no_requests),
                             rnd.outcomes,
                         )
-                        self._track(lock)
+                        held = self._held
+                        held.add(lock)  # for aclose()
+                        if len(held) >= self._prune_at:
+                            self._prune()
                         return lock
                 failed, rnd = rnd, None
                 if logger.isEnabledFor(logging.DEBUG):
@@ -275,6 +282,7 @@ class AsyncRedlock:
                     )
                 # Take the keys back in the background: the outcome is known,
                 # and a node that is slow to confirm must not delay it.
+                in_flight += failed.replies
                 in_flight += self._take_back(failed, key, token, node_timeout)
                 in_flight = [f for f in in_flight if not f.done()]
                 if not blocking or (
@@ -321,6 +329,7 @@ class AsyncRedlock:
             # Cancelled (or failed) mid-attempt: a SET in flight may still land.
             # Release wherever it may, and wait for that, shielded and bounded.
             if rnd is not None:
+                in_flight += rnd.replies
                 in_flight += self._take_back(
                     rnd, key, token, node_timeout, include_yes=True
                 )
@@ -410,14 +419,13 @@ class AsyncRedlock:
             )
         return outcomes
 
-    def _track(self, lock: Lock) -> None:
-        """Remember a held lock, for aclose()."""
+    def _prune(self) -> None:
+        """Forget the held locks that have expired (their keys are gone), so
+        that the registry for aclose() does not grow without bound."""
         held = self._held
-        held.add(lock)
-        if len(held) >= self._prune_at:
-            now = self.clock()
-            held.difference_update([k for k in held if k.valid_until <= now])
-            self._prune_at = max(1024, 2 * len(held))
+        now = self.clock()
+        held.difference_update([k for k in held if k.valid_until <= now])
+        self._prune_at = max(1024, 2 * len(held))
 
     def _not_acquired(
         self,
@@ -560,7 +568,7 @@ class AsyncRedlock:
         self._check_loop()
         rnd = Round(
             self._nodes,
-            _commands.release(lock.key, lock.token, notify=True),
+            _commands.release(lock.keys[0], lock.token, notify=True),
             timeout=lock._terms.node_timeout,
             needed=self.quorum,
             wait_all=True,
@@ -642,14 +650,21 @@ class AsyncRedlock:
     def _check(
         self, resource: str | bytes, ttl: float | None
     ) -> tuple[bytes, LeaseTerms]:
-        self._check_open()
-        key = _config.key_for(self.settings.key_prefix, resource)
+        """The key and lease terms of a call on ``resource`` (checked, on
+        every acquire: the common case is spelled out, it is on the hot path)."""
+        if self._closed:
+            raise RedlockClosed("this AsyncRedlock was closed")
+        self._check_loop()
+        if type(resource) is str and resource:
+            key = self._prefix + resource.encode("utf-8", "surrogatepass")
+        else:
+            key = _config.key_for(self._prefix, resource)
         if key == self._marker:
             raise ConfigurationError(
                 f"resource {short_repr(resource)} names the nodes' marker key, which "
                 "the restart quarantine uses; pick another name"
             )
-        return key, self._terms.get(ttl)
+        return key, self._default_terms if ttl is None else self._terms.get(ttl)
 
     def _check_open(self) -> None:
         if self._closed:
