@@ -45,8 +45,10 @@ _PENDING = Vote.PENDING
 _UNDECIDED = Decision.PENDING
 _REACHED = Decision.REACHED
 _FAILED = Decision.FAILED
-#: Votes that are answers from the node (not errors, timeouts or pending).
-_ANSWERS = frozenset((Vote.YES, Vote.NO, Vote.QUARANTINED))
+#: Votes that are answers from the node (not errors, timeouts or pending). A
+#: tuple, not a set: ``in`` a set hashes the vote, and ``Enum.__hash__`` is a
+#: Python call; a tuple compares identities first.
+_ANSWERS = (Vote.YES, Vote.NO, Vote.QUARANTINED)
 
 
 class Nodes:
@@ -166,6 +168,7 @@ class Round:
         "_refused",
         "_wait_all",
         "_watchers",
+        "_yes",
         "decided",
         "decision",
         "outcomes",
@@ -191,6 +194,7 @@ class Round:
         self._nodes = nodes
         self._command = command
         self._decode = command.decode
+        self._yes = command.yes
         self._wait_all = wait_all
         self._answered_before = answered_before
         self._needed = needed
@@ -235,7 +239,7 @@ class Round:
         except BaseException:  # noqa: BLE001 - failed, timed out or cancelled: not a vote
             self._count_failure(j, i, fut)
             return
-        vote = self._decode(reply)
+        vote = True if reply == self._yes else self._decode(reply)
         if vote is True:
             self.outcomes[j] = nodes.yes[i]
             self.yes += 1
@@ -298,7 +302,8 @@ class Round:
         """With ``wait_all``: decide once every node is done, or once enough
         answered and the rest are excused."""
         needed = self._needed
-        if not self._left or (self.answered >= needed and self._rest_excused()):
+        answered = self.yes + self._refused  # self.answered, a call sooner
+        if not self._left or (answered >= needed and self._rest_excused()):
             self._decide(_REACHED if self.yes >= needed else _FAILED)
 
     @property
