@@ -501,9 +501,18 @@ async def wait_decided(rnd: Round) -> Decision:
     try:
         return await rnd.decided  # cancelling it does not stop the round
     except asyncio.CancelledError as first:
-        await _finish_then_reraise(
-            lambda: rnd.decision is not _UNDECIDED, rnd.watch, first
-        )
+        await finish_then_reraise(rnd, first)
+
+
+async def finish_then_reraise(
+    rnd: Round, cancelled: asyncio.CancelledError
+) -> NoReturn:
+    """What :func:`wait_decided` does once its wait was cancelled (for a
+    caller that awaits ``rnd.decided`` itself, a coroutine fewer): wait,
+    shielded, for the decision, then raise the cancellation."""
+    await _finish_then_reraise(
+        lambda: rnd.decision is not _UNDECIDED, rnd.watch, cancelled
+    )
 
 
 async def wait_tasks_shielded(tasks: Sequence[asyncio.Future[Any]]) -> None:

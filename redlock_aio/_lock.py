@@ -30,6 +30,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger("redlock_aio")
 
 
+class LossWatcher(Protocol):
+    """What watches a lock for its block (the ``lock()`` context): told first
+    when the lock is lost."""
+
+    def _lost(self, lock: Lock) -> None: ...
+
+
 class LockManager(Protocol):
     """What a :class:`Lock` needs of the client that made it."""
 
@@ -62,6 +69,7 @@ class Lock:
         "_last_requests",
         "_lost_callbacks",
         "_lost_reason",
+        "_lost_watcher",
         "_manager",
         "_outcomes",
         "_released",
@@ -98,6 +106,10 @@ class Lock:
         self._released = False
         self._lost_reason: str | None = None
         self._lost_callbacks: list[Callable[[Lock], object]] | None = None
+        # The block's watcher, if a lock() block holds it: a slot, not an
+        # on_lost callback (a bound method in a list, two more objects for
+        # the garbage collector to scan per held lock).
+        self._lost_watcher: LossWatcher | None = None
 
     @property
     def key(self) -> bytes:
@@ -202,7 +214,10 @@ class Lock:
                 reason,
                 "; ".join(map(str, self._outcomes)),
             )
+        watcher, self._lost_watcher = self._lost_watcher, None
         callbacks, self._lost_callbacks = self._lost_callbacks, None
+        if watcher is not None:  # last, as when it was an on_lost callback
+            callbacks = [*(callbacks or ()), watcher._lost]
         for callback in callbacks or ():
             try:
                 callback(self)

@@ -56,6 +56,7 @@ from ._fanout import (
     Nodes,
     Round,
     all_done,
+    finish_then_reraise,
     wait_decided,
     wait_tasks_shielded,
 )
@@ -581,7 +582,10 @@ class AsyncRedlock:
         )
         lock._last_requests = rnd.replies
         try:
-            await wait_decided(rnd)
+            try:  # wait_decided(rnd), a coroutine fewer per release
+                await rnd.decided
+            except asyncio.CancelledError as first:
+                await finish_then_reraise(rnd, first)
         finally:
             lock._outcomes = rnd.outcomes
             confirmed = rnd.answered  # yes or no: a release vets nothing
@@ -760,12 +764,13 @@ class AsyncRedlock:
 def _in_flight_only(
     replies: list[asyncio.Future[Any]], none: tuple[None, ...]
 ) -> Sequence[asyncio.Future[Any] | None]:
-    """A new lock's latest requests, to order its next ones after: ``none``
-    (shared) once all are answered, so that a held lock keeps no finished
-    futures for the garbage collector to scan."""
+    """A new lock's latest requests, to order its next ones after: those still
+    in flight, None for the others (``none``, shared, once all are answered),
+    so that a held lock keeps no finished futures for the garbage collector
+    to scan (a quorum decides before the slowest node answers)."""
     for fut in replies:
         if not fut.done():
-            return replies
+            return tuple(None if f.done() else f for f in replies)
     return none
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 import hiredis
 
@@ -94,13 +94,15 @@ class FakeServer(asyncio.Transport):
 
 
 class InProcessNode(MuxNode):
-    """A MuxNode whose connection is a :class:`FakeServer`."""
+    """A MuxNode whose connection is a :class:`FakeServer` (or ``server``)."""
 
     __slots__ = ()
 
+    server: ClassVar[type[FakeServer]] = FakeServer
+
     async def _create(self, factory: Callable[[], _P]) -> _P:
         protocol = factory()
-        protocol.connection_made(FakeServer(protocol))
+        protocol.connection_made(self.server(protocol))
         return protocol
 
 
