@@ -4,6 +4,7 @@ arithmetic, quorum decisions, cleanup, extension and loss, with no sockets."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,7 @@ from redlock_aio import (
     LockLost,
     LockNotAcquired,
     Vote,
+    _scripts,
 )
 
 from .fakes import FakeClock, FakeNode, fake_nodes
@@ -476,3 +478,73 @@ async def test_validity_counts_from_the_earliest_write_of_a_yes_request() -> Non
         drift = 10.0 * 0.01 + 0.002
         assert lock.valid_until == pytest.approx(start + 2.0 + 10.0 - drift, abs=0.05)
         await lock.release()
+
+
+class _CostlyReleaseNode(FakeNode):
+    """A node whose release requests each take the client a second of its
+    clock to make (the work of a release, in a turn where many blocks end)."""
+
+    def submit(self, command: Any, **kwargs: Any) -> asyncio.Future[object]:
+        if command.script in (_scripts.RELEASE, _scripts.RELEASE_QUIET):
+            self.clock.advance(1.0)  # type: ignore[attr-defined]  # a FakeClock
+        return super().submit(command, **kwargs)
+
+
+async def test_blocks_ending_together_each_learn_their_outcome_before_any_releases() -> (
+    None
+):
+    """When many lock() blocks end in the same turn of the loop (tasks woken
+    together), each one checks its lock before any of them does the work of a
+    release: else a block behind the others resumes only after all their
+    releases and finds its lock expired (LockLost, benchmark scenario 7)."""
+    clock = FakeClock()
+    nodes = [_CostlyReleaseNode(f"c{i}", clock) for i in range(3)]
+    go = asyncio.Event()
+    all_in = asyncio.Event()
+    entered = 0
+    outcomes: list[str] = []
+
+    async def block(rl: AsyncRedlock, i: int) -> None:
+        nonlocal entered
+        try:
+            async with rl.lock(f"r{i}", auto_extend=False):
+                entered += 1
+                if entered == 10:
+                    all_in.set()
+                await go.wait()
+        except LockLost:
+            outcomes.append("lost")
+        else:
+            outcomes.append("ok")
+
+    async with make(list(nodes), clock) as rl:
+        tasks = [asyncio.create_task(block(rl, i)) for i in range(10)]
+        await all_in.wait()
+        go.set()  # ten releases: 30 s of the clock, a 10 s TTL
+        await asyncio.gather(*tasks)
+    assert outcomes == ["ok"] * 10
+
+
+async def test_a_block_cancelled_as_it_ends_still_releases() -> None:
+    """A cancellation that comes while an ending block waits its turn to
+    release (see above) is raised once the release is done."""
+    clock = FakeClock()
+    nodes = fake_nodes(3, clock)
+    go = asyncio.Event()
+    inside = asyncio.Event()
+
+    async def block(rl: AsyncRedlock) -> None:
+        async with rl.lock("r"):
+            inside.set()
+            await go.wait()
+
+    async with make(list(nodes), clock) as rl:
+        task = asyncio.create_task(block(rl))
+        await inside.wait()
+        go.set()
+        await asyncio.sleep(0)  # the block ends, and waits for its next turn
+        assert not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert all(not node.store for node in nodes)
