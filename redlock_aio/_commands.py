@@ -35,12 +35,9 @@ class Command:
     :ivar urgent: it renews locks already held, whose holders lose them if it
         comes late: a transport with a backlog of its own sends it ahead of the
         backlog (``MuxNode``: on a second connection).
-    :ivar yes: a reply that ``decode`` turns into True (yes), if there is
-        one: a round compares the reply with it first and calls ``decode`` only
-        for any other reply (a call saved on the common reply).
     """
 
-    __slots__ = ("args", "decode", "keys", "resp", "script", "urgent", "yes")
+    __slots__ = ("args", "decode", "keys", "resp", "script", "urgent")
 
     def __init__(
         self,
@@ -51,7 +48,6 @@ class Command:
         script: str | None = None,
         *,
         urgent: bool = False,
-        yes: object = None,
     ) -> None:
         self.args = args
         self.resp = resp
@@ -59,25 +55,9 @@ class Command:
         self.keys = keys
         self.script = script
         self.urgent = urgent
-        self.yes = _NO_SUCH_REPLY if yes is None else yes
 
     def __repr__(self) -> str:
         return f"<Command {self.args[0]!r} keys={len(self.keys)}>"
-
-
-class _NoSuchReply:
-    """Equal to no reply: the ``yes`` of a command whose yes needs ``decode``."""
-
-    __slots__ = ()
-
-    def __eq__(self, other: object) -> bool:
-        return False
-
-    def __hash__(self) -> int:
-        return 0
-
-
-_NO_SUCH_REPLY: Final = _NoSuchReply()
 
 
 # -- decoders -------------------------------------------------------------------
@@ -150,8 +130,7 @@ def set_nx(key: bytes, token: bytes, ttl_ms: int) -> Command:
         len(ttl),
         ttl,
     )
-    args = ("SET", key, token, "NX", "PX", ttl_ms)
-    return Command(args, resp, _ok, (key,), yes=b"OK")
+    return Command(("SET", key, token, "NX", "PX", ttl_ms), resp, _ok, (key,))
 
 
 def acquire(
@@ -184,7 +163,7 @@ def acquire(
         ttl_ms,
         quarantine_ms,
     )
-    return Command(args, resp, _grant, (key,), _scripts.ACQUIRE, yes=1)
+    return Command(args, resp, _grant, (key,), _scripts.ACQUIRE)
 
 
 def release(key: bytes, token: bytes, *, notify: bool) -> Command:
@@ -196,8 +175,7 @@ def release(key: bytes, token: bytes, *, notify: bool) -> Command:
         head, sha = _RELEASE_QUIET_HEAD, _scripts.RELEASE_QUIET_SHA
         script = _scripts.RELEASE_QUIET
     resp = b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n" % (head, len(key), key, len(token), token)
-    args = ("EVALSHA", sha, 1, key, token)
-    return Command(args, resp, _one, (key,), script, yes=1)
+    return Command(("EVALSHA", sha, 1, key, token), resp, _one, (key,), script)
 
 
 def extend(key: bytes, token: bytes, ttl_ms: int) -> Command:
@@ -213,7 +191,7 @@ def extend(key: bytes, token: bytes, ttl_ms: int) -> Command:
         ttl,
     )
     args = ("EVALSHA", _scripts.EXTEND_SHA, 1, key, token, ttl_ms)
-    return Command(args, resp, _one, (key,), _scripts.EXTEND, urgent=True, yes=1)
+    return Command(args, resp, _one, (key,), _scripts.EXTEND, urgent=True)
 
 
 def extend_many(items: list[tuple[bytes, bytes, int]]) -> Command:

@@ -168,7 +168,6 @@ class Round:
         "_refused",
         "_wait_all",
         "_watchers",
-        "_yes",
         "decided",
         "decision",
         "outcomes",
@@ -194,7 +193,6 @@ class Round:
         self._nodes = nodes
         self._command = command
         self._decode = command.decode
-        self._yes = command.yes
         self._wait_all = wait_all
         self._answered_before = answered_before
         self._needed = needed
@@ -239,7 +237,7 @@ class Round:
         except BaseException:  # noqa: BLE001 - failed, timed out or cancelled: not a vote
             self._count_failure(j, i, fut)
             return
-        vote = True if reply == self._yes else self._decode(reply)
+        vote = self._decode(reply)
         if vote is True:
             self.outcomes[j] = nodes.yes[i]
             self.yes += 1
@@ -259,16 +257,8 @@ class Round:
         left = self._left = self._left - 1
         if not left:
             nodes.rounds.discard(self)
-        if self.decision is not _UNDECIDED:
-            return
-        if self._wait_all:
-            self._decide_all()
-        else:  # _maybe_decide(), spelled out: this runs for every reply
-            decision = decide(
-                self._asked, self._needed, self.yes, self._refused + self._failed
-            )
-            if decision is not _UNDECIDED:
-                self._decide(decision)
+        if self.decision is _UNDECIDED:
+            self._maybe_decide()
 
     def _count_failure(self, j: int, i: int, fut: asyncio.Future[Any]) -> None:
         outcome = _failure(self._nodes.nodes[i], fut, self._command.script)

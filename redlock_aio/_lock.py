@@ -31,8 +31,8 @@ logger = logging.getLogger("redlock_aio")
 
 
 class LossWatcher(Protocol):
-    """What watches a lock for its block (the ``lock()`` context): told first
-    when the lock is lost."""
+    """What watches a lock for its block (the ``lock()`` context): told when
+    the lock is lost, after the ``on_lost`` callbacks."""
 
     def _lost(self, lock: Lock) -> None: ...
 

@@ -2,7 +2,8 @@
 
 Acquire:
 
-1. A fresh 20-byte token from the OS CSPRNG (:func:`os.urandom`, as :mod:`secrets`) for each attempt.
+1. A fresh 20-byte token from the OS's CSPRNG (:func:`os.urandom`, as
+   :mod:`secrets` uses) for each attempt.
 2. ``SET key token NX PX ttl`` (with the restart quarantine's marker check) to
    every node at once, each under the per-node timeout; the attempt is decided
    as soon as a quorum said yes or cannot.
@@ -235,9 +236,8 @@ class AsyncRedlock:
         try:
             while True:
                 attempt += 1
-                token = os.urandom(
-                    20
-                )  # what secrets.token_bytes(20) returns, two frames sooner
+                # What secrets.token_bytes(20) returns, two frames sooner.
+                token = os.urandom(20)
                 start = self.clock()
                 rnd = Round(
                     self._nodes,
@@ -654,15 +654,9 @@ class AsyncRedlock:
     def _check(
         self, resource: str | bytes, ttl: float | None
     ) -> tuple[bytes, LeaseTerms]:
-        """The key and lease terms of a call on ``resource`` (checked, on
-        every acquire: the common case is spelled out, it is on the hot path)."""
-        if self._closed:
-            raise RedlockClosed("this AsyncRedlock was closed")
-        self._check_loop()
-        if type(resource) is str and resource:
-            key = self._prefix + resource.encode("utf-8", "surrogatepass")
-        else:
-            key = _config.key_for(self._prefix, resource)
+        """The key and lease terms of a call on ``resource``, checked."""
+        self._check_open()
+        key = _config.key_for(self._prefix, resource)
         if key == self._marker:
             raise ConfigurationError(
                 f"resource {short_repr(resource)} names the nodes' marker key, which "
