@@ -81,19 +81,19 @@ class RedlockAio(Impl):
 
     def __init__(self, urls: Sequence[str]) -> None:
         super().__init__(urls)
-        from redlock_aio import AsyncRedlock
+        from redlock_aio import AsyncRedlock, LockNotAcquired
 
         self._rl = AsyncRedlock(self._nodes(), **_redlock_kwargs())
+        # Looked up once: an import statement in acquire() costs every cycle.
+        self._not_acquired = LockNotAcquired
 
     def _nodes(self) -> list[Any]:
         return list(self.urls)
 
     async def acquire(self, key: str, ttl: float) -> object | None:
-        from redlock_aio import LockNotAcquired
-
         try:
             return await self._rl.acquire(key, ttl=ttl, blocking=False)
-        except LockNotAcquired:
+        except self._not_acquired:
             return None
 
     async def acquire_wait(self, key: str, ttl: float) -> object:

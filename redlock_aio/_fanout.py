@@ -21,7 +21,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, overload
 
 import anyio
 
@@ -331,12 +331,15 @@ class Round:
 
     def _decide(self, decision: Decision) -> None:
         self.decision = decision
-        if not self.decided.done():
-            self.decided.set_result(decision)
-        watchers, self._watchers = self._watchers, None
-        for fut in watchers or ():
-            if not fut.done():
-                fut.set_result(decision)
+        decided = self.decided
+        if not decided.done():
+            decided.set_result(decision)
+        watchers = self._watchers
+        if watchers is not None:
+            self._watchers = None
+            for fut in watchers:
+                if not fut.done():
+                    fut.set_result(decision)
 
     def watch(self) -> asyncio.Future[Decision]:
         """A new future that resolves with the decision (for a waiter whose
@@ -361,25 +364,33 @@ class BatchRound:
     """One command over several locks (``extend_many``) to every node at once;
     each lock is decided on its own, at quorum, as in :class:`Round`.
 
+    Each lock's outcomes are read through :meth:`row`: the round keeps one
+    code per lock and node, not a list per lock, so that keeping many locks
+    allocates nothing per lock that outlives the round's requests (a held
+    lock refers to its latest batch until the next one: a list per lock and
+    batch would be promoted to the oldest generation, and its growth there
+    triggers full collections).
+
     :param locks: how many locks the command covers (its reply has one vote
         per lock).
     :param after: per node, a request this one must be answered after.
     :param on_decided: see :data:`OnDecided`.
 
-    :ivar outcomes: per lock, per node, its outcome so far.
     :ivar replies: per node, the future of its request.
     """
 
     __slots__ = (
         "_against",
+        "_codes",
         "_command",
         "_decided",
+        "_failures",
+        "_left",
         "_needed",
         "_no",
         "_nodes",
         "_on_decided",
         "_yes",
-        "outcomes",
         "replies",
     )
 
@@ -396,11 +407,15 @@ class BatchRound:
         not_after: float | None = None,
     ) -> None:
         self._nodes = nodes
-        self._command = command
+        self._command: Command | None = command
         self._needed = needed
-        self._on_decided = on_decided
-        pending = list(nodes.pending)
-        self.outcomes = [pending.copy() for _ in range(locks)]
+        self._on_decided: OnDecided | None = on_decided
+        n = len(nodes.nodes)
+        # Per lock k and node i, at k * n + i: what the node answered so far.
+        self._codes = bytearray(locks * n)
+        #: per node, its failure, if its request failed (for every lock)
+        self._failures: list[NodeOutcome | None] = [None] * n
+        self._left = n
         self._yes = [0] * locks
         self._no = [0] * locks
         self._against = [0] * locks
@@ -418,16 +433,44 @@ class BatchRound:
             for i, node in enumerate(nodes.nodes)
         ]
 
+    def row(self, k: int) -> Sequence[NodeOutcome]:
+        """Per node, lock ``k``'s outcome so far (a live view)."""
+        return _BatchRow(self, k)
+
+    def outcome(self, k: int, i: int) -> NodeOutcome:
+        """Node ``i``'s outcome for lock ``k`` so far."""
+        code = self._codes[k * len(self._failures) + i]
+        nodes = self._nodes
+        if code == _CODE_YES:
+            return nodes.yes[i]
+        if code == _CODE_NO:
+            return nodes.no[i]
+        if code == _CODE_FAILED:
+            failure = self._failures[i]
+            assert failure is not None
+            return failure
+        return nodes.pending[i]
+
     def _on_reply(self, i: int, fut: asyncio.Future[Any]) -> None:
         nodes = self._nodes
         node = nodes.nodes[i]
-        m = len(self.outcomes)
+        command = self._command
+        on_decided = self._on_decided
+        assert command is not None  # each node answers once
+        assert on_decided is not None
+        self._left -= 1
+        if not self._left:
+            # Every node is done: drop what only counting needed (the command
+            # of every lock's key and token, the caller's callback), as the
+            # locks keep this round until their next request.
+            self._command = self._on_decided = None
+        m = len(self._yes)
         votes: list[bool] | None = None
         failed: NodeOutcome | None = None
         if fut.cancelled() or fut.exception() is not None:
-            failed = _failure(node, fut, self._command.script)
+            failed = _failure(node, fut, command.script)
         else:
-            decoded = self._command.decode(fut.result())
+            decoded = command.decode(fut.result())
             if isinstance(decoded, list) and len(decoded) == m:
                 votes = decoded
             else:
@@ -442,30 +485,65 @@ class BatchRound:
         elif not fut.cancelled():  # a cancellation of ours (closing) is not news
             assert failed is not None
             nodes.failed(i, failed)
-        yes, no = nodes.yes[i], nodes.no[i]
+        if failed is not None:
+            self._failures[i] = failed
         n = len(nodes.nodes)
         needed = self._needed
         yes_count, no_count, against = self._yes, self._no, self._against
         decided = self._decided
+        codes = self._codes
         for k in range(m):
+            at = k * n + i
             if votes is None:
                 against[k] += 1
-                self.outcomes[k][i] = failed  # type: ignore[assignment]
+                codes[at] = _CODE_FAILED
             elif votes[k]:
                 yes_count[k] += 1
-                self.outcomes[k][i] = yes
+                codes[at] = _CODE_YES
             else:
                 no_count[k] += 1
                 against[k] += 1
-                self.outcomes[k][i] = no
+                codes[at] = _CODE_NO
             if not decided[k]:
                 decision = decide(n, needed, yes_count[k], against[k])
                 if decision is not _UNDECIDED:
                     decided[k] = True
                     try:
-                        self._on_decided(k, decision, yes_count[k], no_count[k])
+                        on_decided(k, decision, yes_count[k], no_count[k])
                     except Exception:  # a bug: the other locks must still be decided
                         logger.exception("deciding an extension")
+
+
+#: A node's answer for one lock of a :class:`BatchRound`, as one byte.
+_CODE_PENDING, _CODE_YES, _CODE_NO, _CODE_FAILED = range(4)
+
+
+class _BatchRow(Sequence[NodeOutcome]):
+    """Lock ``k``'s outcomes in a :class:`BatchRound`, per node, as they come
+    (made when asked for: nothing per lock is kept)."""
+
+    __slots__ = ("_batch", "_k")
+
+    def __init__(self, batch: BatchRound, k: int) -> None:
+        self._batch = batch
+        self._k = k
+
+    def __len__(self) -> int:
+        return len(self._batch._failures)
+
+    @overload
+    def __getitem__(self, i: int) -> NodeOutcome: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[NodeOutcome]: ...
+
+    def __getitem__(self, i: int | slice) -> NodeOutcome | Sequence[NodeOutcome]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(len(self))[i]]
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(i)
+        return self._batch.outcome(self._k, i % n)
 
 
 def _quarantined(name: str, grant: Quarantined) -> NodeOutcome:

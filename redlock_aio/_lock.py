@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from typing import TYPE_CHECKING, Any, Protocol, final
+from typing import TYPE_CHECKING, Any, Protocol, cast, final
 
 from ._config import short_repr
 
@@ -35,6 +35,15 @@ class LossWatcher(Protocol):
     the lock is lost, after the ``on_lost`` callbacks."""
 
     def _lost(self, lock: Lock) -> None: ...
+
+
+class OutcomeTable(Protocol):
+    """The outcomes of one request over several locks (a batch extension),
+    lock by lock."""
+
+    def row(self, k: int) -> Sequence[NodeOutcome]:
+        """Per node, lock ``k``'s outcome so far (live)."""
+        ...
 
 
 class LockManager(Protocol):
@@ -73,6 +82,7 @@ class Lock:
         "_manager",
         "_outcomes",
         "_released",
+        "_row",
         "_terms",
         "keys",
         "resource",
@@ -90,7 +100,7 @@ class Lock:
         terms: LeaseTerms,
         valid_until: float,
         last_requests: Sequence[asyncio.Future[Any] | None],
-        outcomes: list[NodeOutcome],
+        outcomes: Sequence[NodeOutcome],
     ) -> None:
         self._manager = manager
         self.resource = resource
@@ -102,7 +112,10 @@ class Lock:
         # Per node, the future of this lock's latest request (None: answered,
         # nothing to wait for): the next one is ordered after it.
         self._last_requests = last_requests
-        self._outcomes = outcomes
+        # Per node, the outcome of the latest request (live: a late answer
+        # shows), or with ``_row`` >= 0 the batch it was row ``_row`` of.
+        self._outcomes: Sequence[NodeOutcome] | OutcomeTable = outcomes
+        self._row = -1
         self._released = False
         self._lost_reason: str | None = None
         self._lost_callbacks: list[Callable[[Lock], object]] | None = None
@@ -121,7 +134,13 @@ class Lock:
         """What each node answered to the latest acquire, extend or release.
         A node slower than the quorum shows ``pending`` until it answers; its
         late answer is shown then, but it did not count."""
-        return tuple(self._outcomes)
+        return tuple(self._latest_outcomes())
+
+    def _latest_outcomes(self) -> Sequence[NodeOutcome]:
+        """Per node, the outcome of this lock's latest request, as it comes."""
+        if self._row < 0:
+            return cast("Sequence[NodeOutcome]", self._outcomes)
+        return cast("OutcomeTable", self._outcomes).row(self._row)
 
     def remaining(self) -> float:
         """Seconds of validity left (0.0 once expired, lost or released)."""
@@ -212,7 +231,7 @@ class Lock:
                 "lock %s lost: %s [%s]",
                 short_repr(self.resource),
                 reason,
-                "; ".join(map(str, self._outcomes)),
+                "; ".join(map(str, self._latest_outcomes())),
             )
         watcher, self._lost_watcher = self._lost_watcher, None
         callbacks, self._lost_callbacks = self._lost_callbacks, None

@@ -478,6 +478,7 @@ class AsyncRedlock:
         )
         lock._last_requests = rnd.replies
         lock._outcomes = rnd.outcomes
+        lock._row = -1
         decision = await rnd.decided
         now = self.clock()
         new_deadline = terms.valid_until(start)
@@ -554,9 +555,10 @@ class AsyncRedlock:
             not_after=asyncio.get_running_loop().time() + left,
         )
         replies = rnd.replies
-        for lock, outcomes in zip(locks, rnd.outcomes, strict=True):
+        for k, lock in enumerate(locks):
             lock._last_requests = replies
-            lock._outcomes = outcomes
+            lock._outcomes = rnd
+            lock._row = k
 
     async def _release(self, lock: Lock) -> None:
         if lock._released:
@@ -578,7 +580,7 @@ class AsyncRedlock:
             # time the others are done); the release to one that was slow or
             # failing goes on in the background (after that request, bounded
             # by the per-node timeout).
-            answered_before=lock._outcomes or None,
+            answered_before=lock._latest_outcomes() or None,
         )
         lock._last_requests = rnd.replies
         try:
@@ -588,6 +590,7 @@ class AsyncRedlock:
                 await finish_then_reraise(rnd, first)
         finally:
             lock._outcomes = rnd.outcomes
+            lock._row = -1
             confirmed = rnd.answered  # yes or no: a release vets nothing
             if rnd.decision is not _UNDECIDED and confirmed >= self.quorum:
                 lock._released = True
