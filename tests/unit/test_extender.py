@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from redlock_aio import AsyncRedlock, Lock, LockLost, Vote
-from redlock_aio._keeper import CHUNK
+from redlock_aio._keeper import CHUNK, IN_FLIGHT
 
 from .fakes import FakeClock, FakeNode
 
@@ -49,6 +49,25 @@ class RecordingNode(FakeNode):
     async def extend_many(self, items: list[tuple[bytes, bytes, int]]) -> list[bool]:
         self.batches.append([key for key, _, _ in items])
         return await super().extend_many(items)
+
+
+@dataclass
+class HoldingNode(RecordingNode):
+    """Holds every ``extend_many`` until :attr:`extends_go` is set; counts
+    how many it holds at once."""
+
+    extends_go: asyncio.Event = field(default_factory=asyncio.Event)
+    extends_held: int = 0
+    most_extends_held: int = 0
+
+    async def extend_many(self, items: list[tuple[bytes, bytes, int]]) -> list[bool]:
+        self.extends_held += 1
+        self.most_extends_held = max(self.most_extends_held, self.extends_held)
+        try:
+            await self.extends_go.wait()
+            return await super().extend_many(items)
+        finally:
+            self.extends_held -= 1
 
 
 def nodes_on(clock: FakeClock, n: int = 3) -> list[RecordingNode]:
@@ -386,3 +405,29 @@ async def test_a_lock_lapsing_after_its_block_ended_is_not_reported_lost(
         assert lock.released
         assert not lock.lost
         assert [r for r in caplog.records if "lost" in r.getMessage()] == []
+
+
+async def test_at_most_a_few_chunks_are_in_flight() -> None:
+    """A node runs requests in order: chunks sent all at once would make every
+    other request of the client (a fresh acquire) wait behind all of them."""
+    clock = FakeClock()
+    nodes = [HoldingNode(f"fake{i}", clock) for i in range(3)]
+    count = (IN_FLIGHT + 2) * CHUNK
+    async with make(nodes, clock, ttl=1.5) as rl:
+        locks = [await rl.acquire(f"r{i}", blocking=False) for i in range(count)]
+        keeper = rl._keeper_of()
+        entries = [keeper.add(lock) for lock in locks]
+        clock.advance(0.25)
+        await until(lambda: all(n.extends_held == IN_FLIGHT for n in nodes))
+        for _ in range(50):  # turns of the loop in which more chunks could go
+            await asyncio.sleep(0)
+        assert [n.most_extends_held for n in nodes] == [IN_FLIGHT] * 3
+        for node in nodes:
+            node.extends_go.set()
+        await until(lambda: all(len(n.batches) == count // CHUNK for n in nodes))
+        await until(lambda: all(lock.valid_until > 1001 for lock in locks))
+        assert [n.most_extends_held for n in nodes] == [IN_FLIGHT] * 3
+        for entry in entries:
+            keeper.remove(entry)
+        for lock in locks:
+            await lock.release()
