@@ -8,7 +8,8 @@ its validity was last set; locks wait in 10 ms time slots (no allocation per
 lock). The loop sleeps until the earliest slot, takes every lock due within a
 short window, and hands them to ``extend_batch`` in chunks of at most
 :data:`CHUNK` locks of one per-node timeout, one chunk per turn of the event
-loop and at most :data:`IN_FLIGHT` chunks not yet decided. The extension itself, and its rule, are the algorithm's
+loop, with at most :data:`IN_FLIGHT` chunks not yet decided. The extension
+itself, and its rule, are the algorithm's
 (``AsyncRedlock._extend_batch``, the same rule as ``Lock.extend``); the keeper
 only reschedules each lock by the verdict: renewed, the next extension a third
 of the TTL on; missed, a retry shortly while one can still finish in time, else

@@ -391,9 +391,21 @@ class _Connection(asyncio.Protocol):
         if corked and self.usable():
             now = self._clock()
             self._transport.write(b"".join(corked))  # type: ignore[union-attr]
+            # _stamp() for each, with the timer armed once.
+            answered = self.answered
+            earliest = _INF
             for fut in replies:
                 if not fut.done():
-                    self._stamp(fut, now)
+                    fut.sent_at = now
+                    fut.mark = answered
+                    deadline = now + fut.timeout
+                    if deadline > fut.not_after:  # noqa: PLR1730 - a call fewer
+                        deadline = fut.not_after
+                    fut.deadline = deadline
+                    if deadline < earliest:  # noqa: PLR1730
+                        earliest = deadline
+            if earliest < self._timer_at:
+                self._arm(earliest)
 
     def _reload(self, fut: PendingReply) -> None:
         """Load ``fut``'s script (the node answered NOSCRIPT) and write the
@@ -786,14 +798,13 @@ class MuxNode:
             conn is not None
             and not command.urgent
             and (after is None or after.done())
-            and conn._corked is None
             and conn.failure is None
             and conn._loop is loop
             and not conn._backlog
         ):
             # The common case, in one frame (it is most of a lock's client
-            # CPU): an open connection of this loop, no burst on, room in the
-            # window. What _send_or_queue, send, _send_now and _stamp do.
+            # CPU): an open connection of this loop, room in the window. What
+            # _send_or_queue, send, _send_now and _stamp do.
             transport = conn._transport
             waiters = conn._waiters
             if (
@@ -802,6 +813,16 @@ class MuxNode:
                 and not transport.is_closing()
             ):
                 fut.conn = conn
+                corked = conn._corked
+                if corked is not None:
+                    # A burst is on: written with this turn's others at its
+                    # end, and timed from then (uncork() stamps it).
+                    fut.mark = -1
+                    fut.sent_at = fut.deadline = _INF
+                    corked.append(command.resp)
+                    conn._corked_replies.append(fut)
+                    waiters.append(fut)
+                    return fut
                 now = conn._clock()
                 transport.write(command.resp)
                 fut.sent_at = now

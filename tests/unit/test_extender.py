@@ -415,6 +415,7 @@ async def test_at_most_a_few_chunks_are_in_flight() -> None:
     count = (IN_FLIGHT + 2) * CHUNK
     async with make(nodes, clock, ttl=1.5) as rl:
         locks = [await rl.acquire(f"r{i}", blocking=False) for i in range(count)]
+        before = locks[0].valid_until
         keeper = rl._keeper_of()
         entries = [keeper.add(lock) for lock in locks]
         clock.advance(0.25)
@@ -424,9 +425,9 @@ async def test_at_most_a_few_chunks_are_in_flight() -> None:
         assert [n.most_extends_held for n in nodes] == [IN_FLIGHT] * 3
         for node in nodes:
             node.extends_go.set()
-        await until(lambda: all(len(n.batches) == count // CHUNK for n in nodes))
-        await until(lambda: all(lock.valid_until > 1001 for lock in locks))
+        await until(lambda: all(lock.valid_until > before for lock in locks))
         assert [n.most_extends_held for n in nodes] == [IN_FLIGHT] * 3
+        assert all(len(n.batches) >= count // CHUNK for n in nodes)
         for entry in entries:
             keeper.remove(entry)
         for lock in locks:
