@@ -147,6 +147,7 @@ class Round:
         need not wait for a node that was slow).
     :param after: per node, a request this one must be answered after.
     :param not_after: an event-loop time after which no answer can count.
+    :param loop: the running loop, if the caller has it (a system call less).
 
     :ivar replies: per node, the future of its request.
     :ivar outcomes: per node, its outcome so far (pending until it settles).
@@ -187,8 +188,10 @@ class Round:
         answered_before: Sequence[NodeOutcome] | None = None,
         after: Sequence[asyncio.Future[Any] | None] | None = None,
         not_after: float | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
-        loop = _get_running_loop()
+        if loop is None:
+            loop = _get_running_loop()
         self._begun = loop.time()
         self._nodes = nodes
         self._command = command

@@ -219,7 +219,7 @@ class AsyncRedlock:
         Cancelled at any point, it leaves no key of its own on any node: the
         cleanup is shielded and bounded by the per-node timeout.
         """
-        key, terms = self._check(resource, ttl)
+        key, terms, loop = self._check(resource, ttl)
         if blocking is not True and blocking is not False:
             _config.flag("blocking", blocking)
         limit = None if timeout is None else _config.check_timeout(timeout)
@@ -244,6 +244,7 @@ class AsyncRedlock:
                     self._acquire_command(key, token, terms.px),
                     timeout=node_timeout,
                     needed=self.quorum,
+                    loop=loop,
                 )
                 decision = await rnd.decided
                 if self._closed:  # aclose() began meanwhile: take the keys back
@@ -568,7 +569,7 @@ class AsyncRedlock:
                 f"cannot release {short_repr(lock.resource)}: the AsyncRedlock was "
                 "closed (its connections too); the keys expire by their TTL"
             )
-        self._check_loop()
+        loop = self._check_loop()
         rnd = Round(
             self._nodes,
             _commands.release(lock.keys[0], lock.token, notify=True),
@@ -581,6 +582,7 @@ class AsyncRedlock:
             # failing goes on in the background (after that request, bounded
             # by the per-node timeout).
             answered_before=lock._latest_outcomes() or None,
+            loop=loop,
         )
         lock._last_requests = rnd.replies
         try:
@@ -656,25 +658,29 @@ class AsyncRedlock:
 
     def _check(
         self, resource: str | bytes, ttl: float | None
-    ) -> tuple[bytes, LeaseTerms]:
-        """The key and lease terms of a call on ``resource``, checked."""
-        self._check_open()
+    ) -> tuple[bytes, LeaseTerms, asyncio.AbstractEventLoop | None]:
+        """The key and lease terms of a call on ``resource``, checked, and the
+        running loop (see :meth:`_check_loop`)."""
+        loop = self._check_open()
         key = _config.key_for(self._prefix, resource)
         if key == self._marker:
             raise ConfigurationError(
                 f"resource {short_repr(resource)} names the nodes' marker key, which "
                 "the restart quarantine uses; pick another name"
             )
-        return key, self._default_terms if ttl is None else self._terms.get(ttl)
+        terms = self._default_terms if ttl is None else self._terms.get(ttl)
+        return key, terms, loop
 
-    def _check_open(self) -> None:
+    def _check_open(self) -> asyncio.AbstractEventLoop | None:
         if self._closed:
             raise RedlockClosed("this AsyncRedlock was closed")
-        self._check_loop()
+        return self._check_loop()
 
-    def _check_loop(self) -> None:
+    def _check_loop(self) -> asyncio.AbstractEventLoop | None:
         """An AsyncRedlock lives in one event loop: its connections, timers
-        and tasks belong to the loop it was first used in."""
+        and tasks belong to the loop it was first used in. The running loop
+        (None outside one), for the rounds of the call: on Python 3.11 every
+        ``get_running_loop()`` is a system call (``getpid``)."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -683,11 +689,11 @@ class AsyncRedlock:
             # backend runs) imports sniffio, which names it.
             sniffio = sys.modules.get("sniffio")
             if sniffio is None:
-                return
+                return None
             try:
                 library = sniffio.current_async_library()
             except sniffio.AsyncLibraryNotFoundError:
-                return
+                return None
             raise RedlockError(
                 f"redlock_aio runs on asyncio (or uvloop) only: this runs on "
                 f"{library}, with no asyncio event loop running"
@@ -701,6 +707,7 @@ class AsyncRedlock:
                     "or in a fixture of the same loop scope as its tests)"
                 )
             self._loop = loop
+        return loop
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
