@@ -102,6 +102,12 @@ async def test_a_held_lock_keeps_few_objects_for_the_collector() -> None:
     assert per_lock <= MOST_PER_LOCK, per_lock
 
 
+async def renewed_everywhere(locks: list[Lock]) -> None:
+    """Until every lock's latest request has a yes from every node."""
+    while any(o.vote is not Vote.YES for lock in locks for o in lock.outcomes):  # noqa: ASYNC110
+        await asyncio.sleep(0.005)
+
+
 async def test_keeping_locks_allocates_nothing_per_lock_that_outlives_a_batch() -> None:
     """Every extension of the held locks must not leave a new GC-tracked object
     per lock behind: it would survive until the next one, be promoted to the
@@ -144,9 +150,9 @@ async def test_keeping_locks_allocates_nothing_per_lock_that_outlives_a_batch() 
                 start = keeper.extensions
                 while keeper.extensions < start + 2 * HELD:  # noqa: ASYNC110
                     await asyncio.sleep(0.01)
-                for _ in range(5):
-                    await asyncio.sleep(0)
-                votes = {o.vote for lock in locks for o in lock.outcomes}
+                # Until the latest batch is answered everywhere (its replies
+                # take a few turns of the loop, more on a loaded machine).
+                await asyncio.wait_for(renewed_everywhere(locks), 30)
                 young = {id(o) for o in gc.get_objects(generation=0)}
                 kept = {
                     id(o)
@@ -159,6 +165,5 @@ async def test_keeping_locks_allocates_nothing_per_lock_that_outlives_a_batch() 
         finally:
             go.set()
             await asyncio.gather(*tasks)
-    assert votes == {Vote.YES}  # every lock renewed on every node
     assert not any(lock.lost for lock in locks)
     assert len(kept) < HELD // 5, len(kept)
