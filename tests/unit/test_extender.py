@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from redlock_aio import AsyncRedlock, Lock, LockLost, Vote
-from redlock_aio._keeper import CHUNK, IN_FLIGHT
+from redlock_aio._keeper import CHUNK, IN_FLIGHT, Registration
 
 from .fakes import FakeClock, FakeNode
 
@@ -120,17 +120,27 @@ class Holders:
         return await self.results()
 
 
+async def registered_together(
+    rl: AsyncRedlock, clock: FakeClock, count: int
+) -> tuple[list[Lock], list[Registration]]:
+    """``count`` locks acquired on a frozen ``clock`` (one deadline for all)
+    and registered with the keeper together, then the clock moved on so that
+    they fall due in the same tick."""
+    locks = [await rl.acquire(f"r{i}", blocking=False) for i in range(count)]
+    keeper = rl._keeper_of()
+    entries = [keeper.add(lock) for lock in locks]
+    clock.advance(0.25)
+    return locks, entries
+
+
 async def test_due_locks_are_extended_with_one_request_per_node_per_chunk() -> None:
     clock = FakeClock()  # frozen: every lock has the same deadline
     nodes = nodes_on(clock)
     count = 2 * CHUNK + CHUNK // 2
     async with make(nodes, clock, ttl=1.5) as rl:
-        locks = [await rl.acquire(f"r{i}", blocking=False) for i in range(count)]
-        before = locks[0].valid_until
+        locks, entries = await registered_together(rl, clock, count)
+        before = locks[0].valid_until  # not extended yet: no await since
         extender = rl._keeper_of()
-        # Registered together: all due in the same tick.
-        entries = [extender.add(lock) for lock in locks]
-        clock.advance(0.25)
         await until(lambda: all(len(n.batches) >= 3 for n in nodes))
         await until(lambda: all(lock.valid_until > before for lock in locks))
         for node in nodes:
@@ -414,11 +424,9 @@ async def test_at_most_a_few_chunks_are_in_flight() -> None:
     nodes = [HoldingNode(f"fake{i}", clock) for i in range(3)]
     count = (IN_FLIGHT + 2) * CHUNK
     async with make(nodes, clock, ttl=1.5) as rl:
-        locks = [await rl.acquire(f"r{i}", blocking=False) for i in range(count)]
+        locks, entries = await registered_together(rl, clock, count)
         before = locks[0].valid_until
         keeper = rl._keeper_of()
-        entries = [keeper.add(lock) for lock in locks]
-        clock.advance(0.25)
         await until(lambda: all(n.extends_held == IN_FLIGHT for n in nodes))
         for _ in range(50):  # turns of the loop in which more chunks could go
             await asyncio.sleep(0)
