@@ -19,8 +19,14 @@ The connection owns every request's timeout, because only it knows:
   node), never past its ``not_after``;
 - whether the node is stuck: a request that times out with no complete reply
   since it was written (a node that hangs, or streams a reply that never ends)
-  aborts the connection, failing every request on it, as does a reply that
-  grows past :data:`MAX_REPLY_BYTES`.
+  fails every request on the connection, and the next request opens another,
+  as does a reply that grows past :data:`MAX_REPLY_BYTES`. A silent node's
+  connection is retired, not closed: a node that only stalled (a fork, a slow
+  disk, a descheduled process) still runs what was written to it, releases
+  above all, and it is closed once that is answered (or after
+  :data:`RETIRED_FOR` timeouts). ``aclose()`` likewise gives a node that is
+  still answering up to a timeout to answer what was written before the
+  socket closes (a socket closed with requests unread loses them).
 
 Failure policy: anything that could desynchronise the FIFO (a protocol error, a
 lost connection, a failed AUTH or SELECT) aborts the connection and fails every
@@ -83,6 +89,15 @@ BACKLOG_GRACE = 4
 #: timeout after its deadline says that the client stalled, not the node: the
 #: request gets a timeout more (not counted as grace).
 LATE = 0.5
+#: How long a retired connection (see the module docstring) stays open for the
+#: replies to what was written on it, in timeouts of its slowest request: with
+#: the default per-node timeout (5 % of the TTL), the TTL, after which its
+#: releases would be moot.
+RETIRED_FOR = 20
+#: Retired connections a node keeps open at most; beyond, one is closed at once.
+MAX_RETIRED = 4
+#: How often ``aclose()`` looks whether the node has answered what was written.
+DRAIN_POLL = 0.005
 #: The most bytes a reply may take (the library's largest, an ``extend_many``
 #: of 1,000 locks, takes 4 KB): a node streaming more is aborted, not buffered.
 MAX_REPLY_BYTES = 16 * 1024 * 1024
@@ -204,6 +219,7 @@ class _Connection(asyncio.Protocol):
         "_backlog",
         "_buffered",
         "_clock",
+        "_cork_mark",
         "_corked",
         "_corked_replies",
         "_gates",
@@ -211,6 +227,8 @@ class _Connection(asyncio.Protocol):
         "_loading",
         "_loop",
         "_node",
+        "_owed",
+        "_patience",
         "_reader",
         "_setup",
         "_timer",
@@ -237,6 +255,11 @@ class _Connection(asyncio.Protocol):
         # Writes held since the first of this turn (a burst), sent together.
         self._corked: list[bytes] | None = None
         self._corked_replies: list[PendingReply] = []
+        # Entries of the FIFO ever added when the burst began (see unanswered()).
+        self._cork_mark = 0
+        # Retired (see retire()): replies still owed, and its slowest timeout.
+        self._owed = 0
+        self._patience = 0.0
         # Requests waiting for room in the window (see WINDOW), in order.
         self._backlog: deque[PendingReply] = deque()
         self._timer: asyncio.TimerHandle | None = None
@@ -381,6 +404,7 @@ class _Connection(asyncio.Protocol):
     def _cork(self) -> None:
         """Hold the writes from now to the end of this turn of the loop."""
         self._corked = []
+        self._cork_mark = self.answered + len(self._waiters)
         self._loop.call_soon(self.uncork)
 
     def uncork(self) -> None:
@@ -468,7 +492,7 @@ class _Connection(asyncio.Protocol):
             if self.answered == fut.mark:
                 # Stuck: this request timed out; the rest fail with the connection.
                 _timed_out(fut)
-                self.fail(
+                self.retire(
                     ConnectionError,
                     f"connection to {self._node.name} aborted: no reply within "
                     f"{fut.timeout * 1000:.0f} ms",
@@ -491,6 +515,9 @@ class _Connection(asyncio.Protocol):
     # -- reading -------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if self.failure is not None:
+            self._read_owed(data)  # retired
+            return
         reader = self._reader
         waiters = self._waiters
         count = 0
@@ -578,6 +605,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        if self._timer is not None:  # retired
+            self._timer.cancel()
+            self._timer = None
         why = f"{type(exc).__name__}: {exc}" if exc is not None else "closed by server"
         self.fail(ConnectionError, f"connection to {self._node.name} lost ({why})")
         self._node._conns.discard(self)
@@ -590,9 +620,12 @@ class _Connection(asyncio.Protocol):
         if not self.lost.done():
             self.lost.set_result(None)
 
-    def fail(self, exc_type: type[Exception], message: str) -> None:
-        """Make the connection unusable: abort it, and fail every request still
-        in flight on it with ``exc_type(message)``. Only the first call acts."""
+    def fail(
+        self, exc_type: type[Exception], message: str, *, keep_open: bool = False
+    ) -> None:
+        """Make the connection unusable: abort it (unless ``keep_open``), and
+        fail every request still in flight on it with ``exc_type(message)``.
+        Only the first call acts."""
         if self.failure is not None:
             return
         self.failure = (exc_type, message)
@@ -611,6 +644,91 @@ class _Connection(asyncio.Protocol):
             if fut is not None and not fut.done():
                 fut.set_exception(exc_type(message))
                 fut.settled()
+        if self._transport is not None and not keep_open:
+            self._transport.abort()
+
+    # -- retiring --------------------------------------------------------------------
+
+    def unanswered(self) -> int:
+        """Requests written on this connection whose replies are not read yet
+        (timed out or not): writes held for the end of this turn are not
+        written yet."""
+        if self.failure is not None:
+            return self._owed if self._transport is not None else 0
+        added = self.answered + len(self._waiters)
+        if self._corked is not None:
+            added = self._cork_mark
+        return added - self.answered
+
+    def patience(self) -> float:
+        """The longest time a request still unanswered here was given: its
+        timeout, or less if its ``not_after`` came first (0 if none is timed)."""
+        if self.failure is not None:
+            return self._patience
+        longest = 0.0
+        for fut in self._waiters:
+            if fut is not None and fut.sent_at < _INF:
+                given = min(fut.timeout, fut.not_after - fut.sent_at)
+                if longest < given < _INF:
+                    longest = given
+        return longest
+
+    def retire(self, exc_type: type[Exception], message: str) -> None:
+        """The node looks stuck: fail every request on the connection now, as
+        :meth:`fail` does (its callers go on; the next request opens another
+        connection), but leave the socket open and read what comes, so that a
+        node that only stalled still runs and answers what was written to it.
+        Closed once all is answered, or after :data:`RETIRED_FOR` timeouts. Not
+        for a node that is streaming a reply (bytes of it are read: it is
+        aborted), nor beyond :data:`MAX_RETIRED` retired connections."""
+        if self.failure is not None:
+            return
+        owed = self.unanswered()
+        patience = self.patience()
+        retired = sum(
+            1
+            for c in self._node._conns
+            if c.failure is not None and c._transport is not None
+        )
+        keep = (
+            owed > 0 and patience > 0 and not self._buffered and retired < MAX_RETIRED
+        )
+        self.fail(exc_type, message, keep_open=keep)
+        if keep:
+            self._owed = owed
+            self._patience = patience
+            self._timer = self._loop.call_later(patience * RETIRED_FOR, self.abort)
+
+    def _read_owed(self, data: bytes) -> None:
+        """A retired connection: read (and drop) the replies owed to it; close
+        it once they are all in."""
+        reader = self._reader
+        count = 0
+        try:
+            reader.feed(data)
+            while reader.gets() is not False:
+                count += 1
+        except hiredis.HiredisError:
+            self.abort()
+            return
+        if count:
+            self.answered += count
+            self._buffered = 0
+            self._owed -= count
+            if self._owed <= 0:
+                self.abort()
+        else:
+            self._buffered += len(data)
+            if self._buffered > MAX_REPLY_BYTES:
+                self.abort()
+
+    def abort(self) -> None:
+        """Close the socket now, failing the requests still on it (a retired
+        connection's too)."""
+        self.fail(ConnectionError, f"connection to {self._node.name} closed")
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._transport is not None:
             self._transport.abort()
 
@@ -907,11 +1025,39 @@ class MuxNode:
             task.cancel()
             await asyncio.wait((task,))
         self._fail_queued(ConnectionError, f"{self.name}: the node was closed")
+        await self._drain()
         conns = list(self._conns)
         for conn in conns:
             conn.fail(ConnectionError, f"{self.name}: the node was closed")
+            conn.abort()
         for conn in conns:
             await asyncio.shield(conn.lost)
+
+    async def _drain(self) -> None:
+        """Before the sockets close: while the node answers, give it up to
+        :data:`BACKLOG_GRACE` + 1 timeouts (of the slowest request written),
+        and at most one without a reply, to answer what was written to it. A
+        socket closed with requests the node has not read yet loses them: a
+        release that timed out on a slow node would leave its key until the
+        TTL."""
+        conns = [c for c in self._conns if c.unanswered()]
+        if not conns:
+            return
+        loop = asyncio.get_running_loop()
+        patience = max(c.patience() for c in conns)
+        now = loop.time()
+        give_up = now + patience * (BACKLOG_GRACE + 1)
+        quiet_until = now + patience
+        answered = sum(c.answered for c in conns)
+        while any(c.unanswered() for c in conns) and now < give_up:
+            seen = sum(c.answered for c in conns)
+            if seen != answered:
+                answered = seen
+                quiet_until = now + patience
+            elif now >= quiet_until:
+                return
+            await asyncio.sleep(DRAIN_POLL)
+            now = loop.time()
 
     def __repr__(self) -> str:
         return f"MuxNode({self.name})"
@@ -987,7 +1133,7 @@ class MuxNode:
             if fut.mark < 0:
                 return  # not written yet: its reply, if any comes, is dropped
             if conn.answered == fut.mark and conn.failure is None:
-                conn.fail(
+                conn.retire(
                     ConnectionError,
                     f"connection to {self.name} aborted: no reply before a request "
                     "was cancelled",

@@ -8,6 +8,7 @@ large bursts are benchmark scenarios, ``benchmarks/_overload.py``):
 - a failed attempt returns as soon as its outcome is known: its take-back to a
   hung node goes on in the background;
 - a node that streams a reply that never ends is dropped, not buffered;
+- a node that stalls past the timeout still runs the releases written to it;
 - nothing is written into a connection that is already lost.
 
 No wall-clock thresholds: each test asserts outcomes (all acquired, the
@@ -23,6 +24,7 @@ import logging
 from typing import TYPE_CHECKING
 
 import pytest
+import redis.exceptions
 
 from redlock_aio import (
     AsyncRedlock,
@@ -39,7 +41,7 @@ from .helpers import lock_keys, no_key
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from redlock_aio.testing import LocalCluster
+    from redlock_aio.testing import LocalCluster, RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -309,6 +311,49 @@ async def test_a_node_streaming_a_reply_that_never_ends_is_dropped(
         server.close()
         await server.wait_closed()
     assert await no_key(cluster)
+
+
+async def _keys_left(server: RedisServer, pattern: str, seconds: float) -> int:
+    """How many keys matching ``pattern`` the server holds once it holds none,
+    or once ``seconds`` have passed (polled, off the event loop: the server may
+    be asleep)."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + seconds
+    while True:
+        names = await asyncio.to_thread(server.command, "KEYS", pattern)
+        assert isinstance(names, list)
+        if not names or loop.time() > give_up:
+            return len(names)
+        await asyncio.sleep(0.05)
+
+
+async def test_releases_written_before_a_node_stalls_still_run(
+    cluster: LocalCluster,
+) -> None:
+    """Regression (CI, the starvation test above on a loaded machine: 1,904
+    keys left on one node): a node that stalled past the per-node timeout had
+    its connection aborted, and the releases already written to it were lost
+    with the socket: their keys stayed until the TTL (here 60 s). Now that
+    connection is retired: its requests fail at once (each release returns on
+    the other two nodes), and the node, once awake, runs what it was sent."""
+    count = 500
+    async with AsyncRedlock(
+        cluster.urls, ttl=60.0, node_timeout=0.15, restart_quarantine=0
+    ) as rl:
+        locks = await asyncio.gather(
+            *(rl.acquire(f"stalled:{i}") for i in range(count))
+        )
+        node = rl.nodes[0]
+        assert isinstance(node, MuxNode)
+        # The node sleeps for 1 s before it reads the releases written after it.
+        stall = asyncio.ensure_future(node.execute("DEBUG", "SLEEP", "1"))
+        await asyncio.wait_for(
+            asyncio.gather(*(lock.release() for lock in locks)), PATIENCE
+        )
+        with pytest.raises(redis.exceptions.ConnectionError, match="no reply within"):
+            await stall  # failed with its connection
+        assert await _keys_left(cluster[0], "stalled:*", PATIENCE / 4) == 0
+    assert lock_keys(cluster) == [0, 0, 0]
 
 
 async def test_nothing_is_written_into_a_lost_connection(

@@ -1,9 +1,11 @@
 """MuxNode's connection on a fake transport: it owns every request's timeout.
 A request is timed from when it was written; one that times out while the node
 still answers this client's backlog gets grace (never past its ``not_after``);
-one that times out with no complete reply since it was written aborts the
-connection, as does a reply that never ends; nothing is written into a
-transport that is closing. Deadlines are set by hand and the check run
+one that times out with no complete reply since it was written fails the
+connection (retired: its socket stays open for the replies to what was written
+on it, and closes once they are in), a reply that never ends aborts it;
+``aclose()`` lets a node still answering finish first; nothing is written into
+a transport that is closing. Deadlines are set by hand and the check run
 directly, so nothing here depends on this machine's speed."""
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from redlock_aio._mux import (
     BACKLOG_GRACE,
     CORK_DEPTH,
     MAX_REPLY_BYTES,
+    MAX_RETIRED,
+    RETIRED_FOR,
     WINDOW,
     MuxNode,
     _Connection,
@@ -55,10 +59,16 @@ class FakeTransport(asyncio.Transport):
         return getattr(self, "protocol", None)  # type: ignore[return-value]
 
 
-def connected() -> tuple[MuxNode, _Connection, FakeTransport]:
-    node = MuxNode(host="127.0.0.1", port=1)
+def connected(
+    node: MuxNode | None = None,
+) -> tuple[MuxNode, _Connection, FakeTransport]:
+    """A node (new, or ``node``) whose main connection is a new one, open on a
+    fake transport."""
+    if node is None:
+        node = MuxNode(host="127.0.0.1", port=1)
     conn = _Connection(node, asyncio.get_running_loop())
     transport = FakeTransport()
+    transport.protocol = conn  # type: ignore[attr-defined]
     conn.connection_made(transport)
     conn.set_up([])
     node._conn = conn
@@ -117,23 +127,80 @@ async def test_no_grace_past_not_after() -> None:
     assert isinstance(second.exception(), TimeoutError)
 
 
-async def test_a_timeout_on_a_silent_node_aborts_and_fails_the_rest() -> None:
+async def test_a_timeout_on_a_silent_node_fails_the_rest_and_retires_the_connection() -> (
+    None
+):
+    """The node is silent past a timeout: every request fails now and the
+    next one goes on a new connection; the socket stays open (a node that only
+    stalled still runs what it was sent: releases) and closes once every reply
+    owed is read."""
     node, conn, transport = connected()
     first, second = ping(node), ping(node)
     due(first)
     conn._check()
     assert isinstance(first.exception(), TimeoutError)
-    assert transport.aborted
     assert conn.failure is not None
     with pytest.raises(redis.exceptions.ConnectionError, match="no reply within"):
         second.result()
+    assert node._conn is None  # the next request opens another
+    assert not transport.aborted
+    assert conn.unanswered() == 2
+    conn.data_received(b"+one\r\n+tw")
+    assert not transport.aborted
+    conn.data_received(b"o\r\n")  # all in: closed
+    assert transport.aborted
+
+
+async def test_a_retired_connection_is_closed_after_its_time() -> None:
+    node, conn, transport = connected()
+    fut = ping(node, timeout=0.01)
+    due(fut)
+    conn._check()
+    assert isinstance(fut.exception(), TimeoutError)
+    assert not transport.aborted
+    await asyncio.sleep(0.01 * RETIRED_FOR + 0.05)
+    assert transport.aborted
+
+
+async def test_at_most_a_few_connections_of_a_node_are_retired() -> None:
+    node = MuxNode(host="127.0.0.1", port=1)
+    transports = []
+    for _ in range(MAX_RETIRED + 1):
+        _, conn, transport = connected(node)
+        fut = ping(node)
+        due(fut)
+        conn._check()
+        assert isinstance(fut.exception(), TimeoutError)
+        transports.append(transport)
+    assert [t.aborted for t in transports] == [False] * MAX_RETIRED + [True]
+    await node.aclose()
+
+
+async def test_aclose_lets_a_node_still_answering_finish_first() -> None:
+    """Requests written but unanswered when the node is closed (releases
+    that timed out on a slow node, say): aclose() reads their replies before
+    it closes the socket, which would lose those the node has not read yet."""
+    node, conn, transport = connected()
+    first, second = ping(node, timeout=5.0), ping(node, timeout=5.0)
+    conn.data_received(b"+one\r\n")  # the node answers: busy, not stuck
+    for _ in range(BACKLOG_GRACE + 1):
+        due(second)
+        conn._check()
+    assert first.result() == b"one"
+    assert isinstance(second.exception(), TimeoutError)  # nobody waits for it
+    closing = asyncio.ensure_future(node.aclose())
+    await asyncio.sleep(0.05)
+    assert not transport.aborted
+    conn.data_received(b"+two\r\n")
+    await asyncio.wait_for(closing, 5.0)
+    assert transport.aborted
 
 
 async def test_a_check_that_comes_late_is_the_clients_stall_not_the_nodes() -> None:
     """The client stalled (a long turn of its own) past a request's deadline:
     replies may be waiting unread, so the request gets a timeout more instead
     of the connection being judged stuck; checked in time, it is."""
-    node, conn, transport = connected()
+    node, conn, _ = connected()
     fut = ping(node)
     due(fut, late=10.0)
     conn._check()
@@ -142,7 +209,7 @@ async def test_a_check_that_comes_late_is_the_clients_stall_not_the_nodes() -> N
     due(fut)
     conn._check()
     assert isinstance(fut.exception(), TimeoutError)
-    assert transport.aborted
+    assert conn.failure is not None
 
 
 async def test_a_reply_that_never_ends_aborts_the_connection() -> None:
