@@ -350,8 +350,10 @@ async def test_releases_written_before_a_node_stalls_still_run(
         await asyncio.wait_for(
             asyncio.gather(*(lock.release() for lock in locks)), PATIENCE
         )
-        with pytest.raises(redis.exceptions.ConnectionError, match="no reply within"):
-            await stall  # failed with its connection
+        # Failed with its connection (or, if this client stalled longer than
+        # the node, answered): either way, no key may be left.
+        (slept,) = await asyncio.gather(stall, return_exceptions=True)
+        assert slept == b"OK" or isinstance(slept, redis.exceptions.ConnectionError)
         assert await _keys_left(cluster[0], "stalled:*", PATIENCE / 4) == 0
     assert lock_keys(cluster) == [0, 0, 0]
 
