@@ -39,6 +39,7 @@ its place in the FIFO: its reply is dropped when it comes.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import math
 import time
@@ -59,7 +60,7 @@ from ._errors import ConfigurationError, RedlockError
 from ._node import ServerFacts
 from ._pubsub import Channels, leave_channels, shared_channels
 from ._resp import Arg, encode_command, reply_error
-from ._url import mux_params
+from ._url import check_host, mux_params
 
 if TYPE_CHECKING:
     import ssl
@@ -809,6 +810,11 @@ class MuxNode:
         that would describe the same node."""
         if username is not None and password is None:
             raise ConfigurationError("a user name needs a password")
+        if path is None:
+            try:
+                check_host(host)
+            except ValueError as exc:
+                raise ConfigurationError(f"MuxNode: {exc}") from None
         self._host = host
         self._port = port
         self._path = path
@@ -856,14 +862,12 @@ class MuxNode:
 
     def _urgent_lane(self) -> MuxNode:
         """The node's second connection, for urgent commands (see
-        :meth:`submit`): a MuxNode of its own to the same server, with the same
+        :meth:`submit`): a node of its own, of the same class (a subclass's way
+        of connecting applies to it too), to the same server with the same
         set-up, made (and connected) when first needed."""
         lane = self._lane
         if lane is None:
-            lane = self._lane = object.__new__(MuxNode)
-            lane._host, lane._port, lane._path = self._host, self._port, self._path
-            lane._ssl, lane._setup = self._ssl, self._setup
-            lane.name, lane.identity, lane.facts = self.name, self.identity, self.facts
+            lane = self._lane = copy.copy(self)
             lane._init_state()
         return lane
 

@@ -7,6 +7,7 @@ No I/O, except reading TLS certificate files.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import ssl
 from dataclasses import dataclass
@@ -30,6 +31,9 @@ MAX_DB = 2**31 - 1
 #: The names of this machine's loopback address, one server for the check that
 #: no node is given twice.
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
+#: One label of a host name: letters, digits, ``-`` inside, and ``_`` (which
+#: container service names use), 1-63 characters.
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
 
 # URL query parameters: those MuxNode uses, and redis-py's pool and socket
@@ -82,6 +86,7 @@ def describe_url(url: str) -> tuple[str, Hashable]:
         host = parts.hostname
         if not host:
             raise ValueError("no host")
+        check_host(unquote(host))
         port = url_port(parts)
         db = url_db(parts)
     except ValueError as exc:
@@ -93,6 +98,28 @@ def describe_url(url: str) -> tuple[str, Hashable]:
         ) from None
     name = f"{host}:{port}" if db == 0 else f"{host}:{port}/{db}"
     return name, ("tcp", host_identity(host), port, db)
+
+
+def check_host(host: str) -> None:
+    """``ValueError`` unless ``host`` is an IP address or a host name (labels
+    of letters, digits, ``-`` and ``_``; a non-ASCII name in its IDNA form), so
+    that a typo fails here and not as a failing node at the first acquire."""
+    try:
+        ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        pass
+    else:
+        return
+    try:
+        name = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        name = ""
+    labels = name.removesuffix(".").split(".")
+    if not name or len(name) > 253 or not all(map(_HOST_LABEL.fullmatch, labels)):
+        raise ValueError(
+            f"host {host!r} is neither an IP address nor a host name (letters, "
+            "digits, '-' and '_' between dots)"
+        )
 
 
 def _check_encodable(url: str) -> None:

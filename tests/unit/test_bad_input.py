@@ -13,6 +13,7 @@ from redlock_aio import (
     AsyncRedlock,
     ConfigurationError,
     ConfigurationTypeError,
+    MuxNode,
     RedlockClosed,
 )
 
@@ -65,6 +66,12 @@ def test_bad_settings(
         (["redis://127.0.0.1:notaport"], ConfigurationError, "invalid node URL"),
         (["redis://127.0.0.1:1/x"], ConfigurationError, "invalid node URL"),
         (["unix://"], ConfigurationError, "needs a socket path"),
+        # Hosts no resolver takes: refused here, not failing at the first acquire.
+        (["redis://exa mple:6379"], ConfigurationError, "neither an IP address"),
+        (["redis://a%20b:6379"], ConfigurationError, "neither an IP address"),
+        (["redis://node..1:6379"], ConfigurationError, "neither an IP address"),
+        (["redis://-node-:6379"], ConfigurationError, "neither an IP address"),
+        (["redis://no%00de:6379"], ConfigurationError, "neither an IP address"),
         (
             ["redis://127.0.0.1:1", "redis://127.0.0.1:1/0"],
             ConfigurationError,
@@ -80,6 +87,28 @@ def test_bad_settings(
 def test_bad_nodes(nodes: Any, error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):
         AsyncRedlock(nodes)
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "localhost",
+        "10.0.0.1",
+        "[::1]",
+        "[fe80::1%25eth0]",
+        "redis_1",
+        "node-1.example.com.",
+        "bücher.example",
+    ],
+)
+def test_every_kind_of_host_is_accepted(host: str) -> None:
+    rl = AsyncRedlock([f"redis://{host}:7001", *URLS[1:]])
+    assert rl.nodes[0].name.endswith(":7001")
+
+
+def test_a_mux_node_refuses_a_host_that_is_no_host() -> None:
+    with pytest.raises(ConfigurationError, match="MuxNode: host 'a b' is neither"):
+        MuxNode(host="a b")
 
 
 def test_a_password_never_appears_in_an_error() -> None:

@@ -412,6 +412,22 @@ def connected_lane(node: MuxNode) -> tuple[_Connection, FakeTransport]:
     return conn, transport
 
 
+async def test_the_renewal_lane_connects_the_way_its_node_does() -> None:
+    """Regression: a MuxNode subclass that makes its own connections (a test
+    double, the benchmark's fake transport) had its renewal lane made as a
+    plain MuxNode, which dialled the node's host and port (here 127.0.0.1:1,
+    refused) instead."""
+    node = SlowToConnect()
+    node.opened.set()
+    command = _commands.extend(b"k", b"t", 1000)
+    renewal = node.submit(command, timeout=0.05)
+    for _ in range(10):  # connected, set up, written
+        await asyncio.sleep(0)
+    assert b"".join(node.transport.written).endswith(command.resp)
+    await asyncio.gather(renewal, return_exceptions=True)
+    await node.aclose()
+
+
 async def test_renewals_go_on_their_own_connection_and_the_rest_do_not() -> None:
     node, _, transport = connected()
     lane_conn, lane_transport = connected_lane(node)
