@@ -35,9 +35,13 @@ class Command:
     :ivar urgent: it renews locks already held, whose holders lose them if it
         comes late: a transport with a backlog of its own sends it ahead of the
         backlog (``MuxNode``: on a second connection).
+    :ivar repeatable: running it twice does what running it once does (a
+        release: it deletes only its own token): a transport may send it on
+        two connections, to keep it behind a request that failed with its
+        connection but may still run (see ``MuxNode.submit``).
     """
 
-    __slots__ = ("args", "decode", "keys", "resp", "script", "urgent")
+    __slots__ = ("args", "decode", "keys", "repeatable", "resp", "script", "urgent")
 
     def __init__(
         self,
@@ -48,6 +52,7 @@ class Command:
         script: str | None = None,
         *,
         urgent: bool = False,
+        repeatable: bool = False,
     ) -> None:
         self.args = args
         self.resp = resp
@@ -55,6 +60,7 @@ class Command:
         self.keys = keys
         self.script = script
         self.urgent = urgent
+        self.repeatable = repeatable
 
     def __repr__(self) -> str:
         return f"<Command {self.args[0]!r} keys={len(self.keys)}>"
@@ -175,7 +181,8 @@ def release(key: bytes, token: bytes, *, notify: bool) -> Command:
         head, sha = _RELEASE_QUIET_HEAD, _scripts.RELEASE_QUIET_SHA
         script = _scripts.RELEASE_QUIET
     resp = b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n" % (head, len(key), key, len(token), token)
-    return Command(("EVALSHA", sha, 1, key, token), resp, _one, (key,), script)
+    args = ("EVALSHA", sha, 1, key, token)
+    return Command(args, resp, _one, (key,), script, repeatable=True)
 
 
 def extend(key: bytes, token: bytes, ttl_ms: int) -> Command:

@@ -196,10 +196,35 @@ class PendingReply(asyncio.Future[Any]):
                 logger.exception("handling a reply")
 
 
-def _send_when_due(node: MuxNode, fut: PendingReply, _: object) -> None:
+def _send_when_due(
+    node: MuxNode, fut: PendingReply, after: asyncio.Future[object]
+) -> None:
     """``fut``'s ``after`` request is done: send it (unless cancelled meanwhile)."""
     if not fut.done():
+        command = fut.command
+        if command is not None and command.repeatable:
+            _echo_behind(after, command)
         node._send_or_queue(fut, fut.get_loop())
+
+
+def _answered(after: asyncio.Future[object], command: Command) -> bool:
+    """Whether ``after`` is done; if it is, :func:`_echo_behind` first."""
+    if not after.done():
+        return False
+    if command.repeatable:
+        _echo_behind(after, command)
+    return True
+
+
+def _echo_behind(after: asyncio.Future[object], command: Command) -> None:
+    """If ``after`` failed with a connection retired while its node stalled
+    (see :meth:`_Connection.retire`), it may still run once the node wakes, and
+    ``command``, sent on another connection, could run before it (or, behind
+    a set-up that waits for the node, never): write it on the retired one too,
+    right behind ``after``. Only for a repeatable command (a release)."""
+    conn = getattr(after, "conn", None)
+    if isinstance(conn, _Connection):
+        conn.echo(command.resp)
 
 
 def _timed_out(fut: PendingReply) -> None:
@@ -700,6 +725,20 @@ class _Connection(asyncio.Protocol):
             self._patience = patience
             self._timer = self._loop.call_later(patience * RETIRED_FOR, self.abort)
 
+    def echo(self, data: bytes) -> None:
+        """Retired and still open: write ``data`` (a repeatable request) behind
+        the requests written before, its reply to be dropped (see
+        :func:`_echo_behind`)."""
+        transport = self._transport
+        if (
+            self.failure is not None
+            and self._owed > 0
+            and transport is not None
+            and not transport.is_closing()
+        ):
+            self._owed += 1
+            transport.write(data)
+
     def _read_owed(self, data: bytes) -> None:
         """A retired connection: read (and drop) the replies owed to it; close
         it once they are all in."""
@@ -919,7 +958,7 @@ class MuxNode:
         if (
             conn is not None
             and not command.urgent
-            and (after is None or after.done())
+            and (after is None or _answered(after, command))
             and conn.failure is None
             and conn._loop is loop
             and not conn._backlog
@@ -963,6 +1002,8 @@ class MuxNode:
         fut.mark = -1
         fut.sent_at = _INF
         fut.deadline = _INF
+        if after is not None and conn is None and command.repeatable and after.done():
+            _echo_behind(after, command)  # (else _answered() did)
         # A renewal of held locks goes on a connection of its own (the urgent
         # lane), so that it never waits behind this client's own burst on the
         # main one, whose replies come strictly in order.

@@ -8,7 +8,8 @@ large bursts are benchmark scenarios, ``benchmarks/_overload.py``):
 - a failed attempt returns as soon as its outcome is known: its take-back to a
   hung node goes on in the background;
 - a node that streams a reply that never ends is dropped, not buffered;
-- a node that stalls past the timeout still runs the releases written to it;
+- a node that stalls past the timeout still runs the releases written to it,
+  and a release never runs before a SET that failed with that connection;
 - nothing is written into a connection that is already lost.
 
 No wall-clock thresholds: each test asserts outcomes (all acquired, the
@@ -355,6 +356,41 @@ async def test_releases_written_before_a_node_stalls_still_run(
         (slept,) = await asyncio.gather(stall, return_exceptions=True)
         assert slept == b"OK" or isinstance(slept, redis.exceptions.ConnectionError)
         assert await _keys_left(cluster[0], "stalled:*", PATIENCE / 4) == 0
+    assert lock_keys(cluster) == [0, 0, 0]
+
+
+async def test_a_release_is_not_overtaken_by_a_set_that_failed_with_its_connection(
+    cluster: LocalCluster,
+) -> None:
+    """Regression: SETs written to a node that then stalled failed with its
+    (retired) connection, and still ran when the node woke; their releases,
+    sent on a new connection whose set-up (here CLIENT SETNAME, as AUTH) waits
+    for the node, timed out unwritten: all 100 keys stayed until the TTL (60
+    s here). Each release is now also written on the retired connection, right
+    behind its SET."""
+    count = 100
+    urls = [f"{url}?client_name=ordered" for url in cluster.urls]
+    async with AsyncRedlock(
+        urls, ttl=60.0, node_timeout=0.15, restart_quarantine=0
+    ) as rl:
+        warm = await rl.acquire("warm")  # the connections are up
+        await warm.release()
+        node = rl.nodes[0]
+        assert isinstance(node, MuxNode)
+        stall = asyncio.ensure_future(node.execute("DEBUG", "SLEEP", "1"))
+        locks = await asyncio.wait_for(
+            asyncio.gather(*(rl.acquire(f"late:{i}") for i in range(count))),
+            PATIENCE,
+        )
+        # Until node 0's SETs failed (or, if this client stalled longer than
+        # the node, were answered).
+        while any(lock.outcomes[0].vote is Vote.PENDING for lock in locks):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(
+            asyncio.gather(*(lock.release() for lock in locks)), PATIENCE
+        )
+        await asyncio.gather(stall, return_exceptions=True)
+        assert await _keys_left(cluster[0], "late:*", PATIENCE / 4) == 0
     assert lock_keys(cluster) == [0, 0, 0]
 
 

@@ -176,6 +176,28 @@ async def test_at_most_a_few_connections_of_a_node_are_retired() -> None:
     await node.aclose()
 
 
+async def test_a_release_after_a_request_lost_with_a_retired_connection_follows_it() -> (
+    None
+):
+    """The SET may still run when the node wakes: a release ordered after it
+    is written behind it on the retired connection too (its reply dropped),
+    as well as sent as usual; a request that is not repeatable is not."""
+    node, conn, transport = connected()
+    set_nx = node.submit(_commands.set_nx(b"k", b"t", 1000), timeout=0.5)
+    due(set_nx)
+    conn._check()
+    assert isinstance(set_nx.exception(), TimeoutError)
+    written = len(transport.written)
+    again = node.submit(_commands.set_nx(b"k", b"u", 1000), timeout=0.5, after=set_nx)
+    assert len(transport.written) == written
+    release = _commands.release(b"k", b"t", notify=False)
+    fut = node.submit(release, timeout=0.5, after=set_nx)
+    assert transport.written[written:] == [release.resp]
+    assert conn.unanswered() == 2
+    await asyncio.gather(again, fut, return_exceptions=True)  # no server at :1
+    await node.aclose()
+
+
 async def test_aclose_lets_a_node_still_answering_finish_first() -> None:
     """Requests written but unanswered when the node is closed (releases
     that timed out on a slow node, say): aclose() reads their replies before
