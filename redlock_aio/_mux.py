@@ -520,7 +520,7 @@ class _Connection(asyncio.Protocol):
                 _timed_out(fut)
                 self.retire(
                     ConnectionError,
-                    f"connection to {self._node.name} aborted: no reply within "
+                    f"connection to {self._node.name} given up: no reply within "
                     f"{fut.timeout * 1000:.0f} ms",
                 )
                 return
@@ -1180,7 +1180,7 @@ class MuxNode:
             if conn.answered == fut.mark and conn.failure is None:
                 conn.retire(
                     ConnectionError,
-                    f"connection to {self.name} aborted: no reply before a request "
+                    f"connection to {self.name} given up: no reply before a request "
                     "was cancelled",
                 )
         elif fut in self._queued and all(f.done() for f in self._queued):

@@ -103,7 +103,7 @@ async def test_a_paused_node_costs_at_most_the_node_timeout_and_a_late_set_never
                 await rl.acquire("r", blocking=False)
             votes = [o.vote for o in info.value.outcomes]
             assert votes[:2] == [Vote.NO, Vote.YES]
-            # A timeout, or an error when an earlier request's timeout aborted
+            # A timeout, or an error when an earlier request's timeout gave up
             # the connection first: never a yes.
             assert votes[2] in (Vote.TIMEOUT, Vote.ERROR)
         finally:

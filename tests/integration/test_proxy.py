@@ -376,7 +376,7 @@ async def test_redlock_with_one_node_partitioned(cluster: LocalCluster) -> None:
                 await answer(rl.acquire("r", blocking=False))
             votes = [o.vote for o in exc.value.outcomes]
             # A timeout, or an error when an earlier request's timeout on the
-            # same connection aborted it first: a vote against either way.
+            # same connection gave it up first: a vote against either way.
             assert votes[0] in (Vote.TIMEOUT, Vote.ERROR)
             assert votes[1:] == [Vote.NO, Vote.YES]
             assert [s.command("GET", "r") for s in cluster] == [None, b"other", None]

@@ -485,7 +485,7 @@ async def test_timed_out_request_on_a_stuck_node_aborts_and_recovers(
         first = node.submit(_commands.set_nx(b"k", b"tok", 5000), timeout=0.2)
         second = asyncio.create_task(node.execute("PING"))
         # Nothing comes back after `first` was written: at its timeout the node
-        # is stuck, the connection is aborted and every request on it fails.
+        # is stuck, the connection is given up and every request on it fails.
         with pytest.raises(TimeoutError, match="no reply within 200 ms"):
             await first
         with pytest.raises(redis.exceptions.ConnectionError, match="no reply within"):
