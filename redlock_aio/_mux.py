@@ -227,6 +227,32 @@ def _echo_behind(after: asyncio.Future[object], command: Command) -> None:
         conn.echo(command.resp)
 
 
+async def _drain(conns: list[_Connection]) -> None:
+    """Before these sockets close: while the node answers, give it up to
+    :data:`BACKLOG_GRACE` + 1 timeouts (of the slowest request written), and
+    at most one without a reply, to answer what was written to them. A socket
+    closed with requests the node has not read yet loses them: a release that
+    timed out on a slow node would leave its key until the TTL."""
+    conns = [c for c in conns if c.unanswered()]
+    if not conns:
+        return
+    loop = asyncio.get_running_loop()
+    patience = max(c.patience() for c in conns)
+    now = loop.time()
+    give_up = now + patience * (BACKLOG_GRACE + 1)
+    quiet_until = now + patience
+    answered = sum(c.answered for c in conns)
+    while any(c.unanswered() for c in conns) and now < give_up:
+        seen = sum(c.answered for c in conns)
+        if seen != answered:
+            answered = seen
+            quiet_until = now + patience
+        elif now >= quiet_until:
+            return
+        await asyncio.sleep(DRAIN_POLL)
+        now = loop.time()
+
+
 def _timed_out(fut: PendingReply) -> None:
     fut.set_exception(TimeoutError(f"no reply within {fut.timeout * 1000:.0f} ms"))
     fut.settled()
@@ -680,11 +706,12 @@ class _Connection(asyncio.Protocol):
         (timed out or not): writes held for the end of this turn are not
         written yet."""
         if self.failure is not None:
-            return self._owed if self._transport is not None else 0
-        added = self.answered + len(self._waiters)
+            transport = self._transport
+            closed = transport is None or transport.is_closing()
+            return 0 if closed else self._owed
         if self._corked is not None:
-            added = self._cork_mark
-        return added - self.answered
+            return self._cork_mark - self.answered
+        return len(self._waiters)
 
     def patience(self) -> float:
         """The longest time a request still unanswered here was given: its
@@ -762,10 +789,12 @@ class _Connection(asyncio.Protocol):
             if self._buffered > MAX_REPLY_BYTES:
                 self.abort()
 
-    def abort(self) -> None:
-        """Close the socket now, failing the requests still on it (a retired
-        connection's too)."""
-        self.fail(ConnectionError, f"connection to {self._node.name} closed")
+    def abort(self, message: str | None = None) -> None:
+        """Close the socket now, failing the requests still on it with
+        ``message`` (a retired connection's too)."""
+        if message is None:
+            message = f"connection to {self._node.name} closed"
+        self.fail(ConnectionError, message)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -1002,8 +1031,13 @@ class MuxNode:
         fut.mark = -1
         fut.sent_at = _INF
         fut.deadline = _INF
-        if after is not None and conn is None and command.repeatable and after.done():
-            _echo_behind(after, command)  # (else _answered() did)
+        if (
+            after is not None
+            and (conn is None or command.urgent)  # else _answered() was asked
+            and command.repeatable
+            and after.done()
+        ):
+            _echo_behind(after, command)
         # A renewal of held locks goes on a connection of its own (the urgent
         # lane), so that it never waits behind this client's own burst on the
         # main one, whose replies come strictly in order.
@@ -1061,48 +1095,29 @@ class MuxNode:
         until its socket is released. The node cannot be used afterwards.
         Idempotent."""
         self._closed = True
-        if self._lane is not None:
-            await self._lane.aclose()
+        closed = f"{self.name}: the node was closed"
+        lane = self._lane
+        mine = [self] if lane is None else [self, lane]
+        try:
+            await _drain([conn for node in mine for conn in node._conns])
+        finally:  # cancelled or not, no socket is left open
+            for node in mine:
+                for conn in list(node._conns):
+                    conn.abort(closed)
+        if lane is not None:
+            await lane.aclose()
         if self._channels is not None:
             await leave_channels(self._channels_key(), self._channels)
         task = self._connecting
         if task is not None:
             task.cancel()
             await asyncio.wait((task,))
-        self._fail_queued(ConnectionError, f"{self.name}: the node was closed")
-        await self._drain()
+        self._fail_queued(ConnectionError, closed)
         conns = list(self._conns)
         for conn in conns:
-            conn.fail(ConnectionError, f"{self.name}: the node was closed")
-            conn.abort()
+            conn.abort(closed)
         for conn in conns:
             await asyncio.shield(conn.lost)
-
-    async def _drain(self) -> None:
-        """Before the sockets close: while the node answers, give it up to
-        :data:`BACKLOG_GRACE` + 1 timeouts (of the slowest request written),
-        and at most one without a reply, to answer what was written to it. A
-        socket closed with requests the node has not read yet loses them: a
-        release that timed out on a slow node would leave its key until the
-        TTL."""
-        conns = [c for c in self._conns if c.unanswered()]
-        if not conns:
-            return
-        loop = asyncio.get_running_loop()
-        patience = max(c.patience() for c in conns)
-        now = loop.time()
-        give_up = now + patience * (BACKLOG_GRACE + 1)
-        quiet_until = now + patience
-        answered = sum(c.answered for c in conns)
-        while any(c.unanswered() for c in conns) and now < give_up:
-            seen = sum(c.answered for c in conns)
-            if seen != answered:
-                answered = seen
-                quiet_until = now + patience
-            elif now >= quiet_until:
-                return
-            await asyncio.sleep(DRAIN_POLL)
-            now = loop.time()
 
     def __repr__(self) -> str:
         return f"MuxNode({self.name})"

@@ -176,6 +176,21 @@ async def test_at_most_a_few_connections_of_a_node_are_retired() -> None:
     await node.aclose()
 
 
+async def test_aclose_cancelled_while_it_waits_for_the_node_still_closes_the_socket() -> (
+    None
+):
+    node, _, transport = connected()
+    fut = ping(node, timeout=5.0)
+    closing = asyncio.ensure_future(node.aclose())
+    await asyncio.sleep(0.05)  # waiting for the node's reply
+    assert not transport.aborted
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    assert transport.aborted
+    assert isinstance(fut.exception(), redis.exceptions.ConnectionError)
+
+
 async def test_a_release_after_a_request_lost_with_a_retired_connection_follows_it() -> (
     None
 ):
