@@ -4,6 +4,8 @@ General layout. Each module imports only modules listed above it (a unit test
 checks it, from this list):
 
 - ``_quorum``: pure rules: quorum, drift, validity, the vote, extension verdicts, backoff.
+- ``_forks``: fork awareness: a generation that grows in every forked child.
+- ``_tokens``: lock tokens, random bytes read from the OS in bulk.
 - ``_errors``: the exception hierarchy.
 - ``_config``: checks of every argument, before any I/O; the terms of a TTL.
 - ``_scripts``: the Lua scripts, with their SHA1s.

@@ -31,6 +31,9 @@ class Command:
     :ivar resp: ``args`` encoded as one RESP array.
     :ivar script: the Lua source of an ``EVALSHA``, else None.
     :ivar decode: reply -> vote(s); see :data:`Decode`.
+    :ivar yes: the raw reply that ``decode`` turns into a plain yes (``b"OK"``,
+        ``1``), for a caller to check before calling it; :data:`NO_REPLY` if
+        none does.
     :ivar keys: the lock keys it acts on (the marker key is not one).
     :ivar urgent: it renews locks already held, whose holders lose them if it
         comes late: a transport with a backlog of its own sends it ahead of the
@@ -41,7 +44,16 @@ class Command:
         connection but may still run (see ``MuxNode.submit``).
     """
 
-    __slots__ = ("args", "decode", "keys", "repeatable", "resp", "script", "urgent")
+    __slots__ = (
+        "args",
+        "decode",
+        "keys",
+        "repeatable",
+        "resp",
+        "script",
+        "urgent",
+        "yes",
+    )
 
     def __init__(
         self,
@@ -50,10 +62,12 @@ class Command:
         decode: Decode,
         keys: tuple[bytes, ...] = (),
         script: str | None = None,
-        *,
+        yes: object = None,
         urgent: bool = False,
         repeatable: bool = False,
     ) -> None:
+        # Positional parameters: the hot factories pass every one by position
+        # (a class called with keywords pays for a dict of them).
         self.args = args
         self.resp = resp
         self.decode = decode
@@ -61,12 +75,16 @@ class Command:
         self.script = script
         self.urgent = urgent
         self.repeatable = repeatable
+        self.yes = NO_REPLY if yes is None else yes
 
     def __repr__(self) -> str:
         return f"<Command {self.args[0]!r} keys={len(self.keys)}>"
 
 
 # -- decoders -------------------------------------------------------------------
+
+#: A :attr:`Command.yes` that no reply equals.
+NO_REPLY: Final = object()
 
 
 def _ok(reply: object) -> bool:
@@ -136,7 +154,8 @@ def set_nx(key: bytes, token: bytes, ttl_ms: int) -> Command:
         len(ttl),
         ttl,
     )
-    return Command(("SET", key, token, "NX", "PX", ttl_ms), resp, _ok, (key,))
+    args = ("SET", key, token, "NX", "PX", ttl_ms)
+    return Command(args, resp, _ok, (key,), None, b"OK")
 
 
 def acquire(
@@ -169,7 +188,7 @@ def acquire(
         ttl_ms,
         quarantine_ms,
     )
-    return Command(args, resp, _grant, (key,), _scripts.ACQUIRE)
+    return Command(args, resp, _grant, (key,), _scripts.ACQUIRE, 1)
 
 
 def release(key: bytes, token: bytes, *, notify: bool) -> Command:
@@ -182,7 +201,8 @@ def release(key: bytes, token: bytes, *, notify: bool) -> Command:
         script = _scripts.RELEASE_QUIET
     resp = b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n" % (head, len(key), key, len(token), token)
     args = ("EVALSHA", sha, 1, key, token)
-    return Command(args, resp, _one, (key,), script, repeatable=True)
+    # yes=1, urgent=False, repeatable=True
+    return Command(args, resp, _one, (key,), script, 1, False, True)
 
 
 def extend(key: bytes, token: bytes, ttl_ms: int) -> Command:
@@ -198,7 +218,7 @@ def extend(key: bytes, token: bytes, ttl_ms: int) -> Command:
         ttl,
     )
     args = ("EVALSHA", _scripts.EXTEND_SHA, 1, key, token, ttl_ms)
-    return Command(args, resp, _one, (key,), _scripts.EXTEND, urgent=True)
+    return Command(args, resp, _one, (key,), _scripts.EXTEND, 1, True)  # urgent
 
 
 def extend_many(items: list[tuple[bytes, bytes, int]]) -> Command:

@@ -62,16 +62,29 @@ class Nodes:
     :ivar rounds: the rounds not yet settled on every node (closing waits for them).
     """
 
-    __slots__ = ("failing", "needed", "no", "nodes", "pending", "rounds", "yes")
+    __slots__ = (
+        "failing",
+        "index",
+        "needed",
+        "no",
+        "nodes",
+        "pending",
+        "rounds",
+        "warned_hook",
+        "yes",
+    )
 
     def __init__(self, nodes: Sequence[Node]) -> None:
         self.nodes = tuple(nodes)
+        self.index = range(len(self.nodes))
         self.needed = quorum(len(self.nodes))
         self.pending = tuple(NodeOutcome(n.name, Vote.PENDING) for n in nodes)
         self.yes = tuple(NodeOutcome(n.name, Vote.YES) for n in nodes)
         self.no = tuple(NodeOutcome(n.name, Vote.NO) for n in nodes)
         self.failing = [False] * len(nodes)
         self.rounds: set[Round] = set()
+        #: whether a node broke the on_done contract (warned once)
+        self.warned_hook = False
 
     def __len__(self) -> int:
         return len(self.nodes)
@@ -163,12 +176,14 @@ class Round:
         "_command",
         "_decode",
         "_failed",
+        "_index",
         "_left",
         "_needed",
         "_nodes",
         "_refused",
         "_wait_all",
         "_watchers",
+        "_yes_reply",
         "decided",
         "decision",
         "outcomes",
@@ -196,6 +211,7 @@ class Round:
         self._nodes = nodes
         self._command = command
         self._decode = command.decode
+        self._yes_reply = command.yes
         self._wait_all = wait_all
         self._answered_before = answered_before
         self._needed = needed
@@ -207,40 +223,56 @@ class Round:
         if only is None:
             self.outcomes: list[NodeOutcome] = list(nodes.pending)
             ask: Sequence[Node] = node_list
-            index: Sequence[int] = range(len(node_list))
+            index: Sequence[int] = nodes.index
         else:
             pending = nodes.pending
             self.outcomes = [pending[i] for i in only]
             ask = [node_list[i] for i in only]
             index = only
+        self._index = index
         self._left = self._asked = len(ask)
         self.replies: list[asyncio.Future[Any]] = []
         if not ask:
             return
         nodes.rounds.add(self)
+        # One bound method for every request (not a partial per request): the
+        # node calls it from Python, and a partial would be a C call between.
         on_reply = self._on_reply
-        timeout = max(timeout, 0.0)
+        if timeout < 0.0:  # noqa: PLR1730 - max() is a call more
+            timeout = 0.0
         replies = self.replies
-        for j, i in enumerate(index):
+        for j, node in enumerate(ask):
             replies.append(
-                ask[j].submit(
+                node.submit(
                     command,
                     timeout=timeout,
                     after=None if after is None else after[j],
-                    on_done=partial(on_reply, j, i),
+                    on_done=on_reply,
                     not_after=not_after,
+                    loop=loop,
                 )
             )
 
-    def _on_reply(self, j: int, i: int, fut: asyncio.Future[Any]) -> None:
-        """Node ``i`` (``j``-th of this round) settled: count its vote."""
+    def _on_reply(self, fut: asyncio.Future[Any]) -> None:
+        """A request settled: count its node's vote."""
+        replies = self.replies
+        try:
+            j = replies.index(fut)  # this round's j-th request
+        except ValueError:
+            j = len(replies)
+            if j == self._asked:
+                self._count_by_futures()
+                return
+            # Settled within its own submit(), before it was listed: the last.
+        i = self._index[j]  # node i of the client's
         nodes = self._nodes
         try:
             reply = fut.result()
         except BaseException:  # noqa: BLE001 - failed, timed out or cancelled: not a vote
             self._count_failure(j, i, fut)
             return
-        vote = self._decode(reply)
+        # The usual yes (``+OK``, ``1``) without calling the decoder.
+        vote = True if reply == self._yes_reply else self._decode(reply)
         if vote is True:
             self.outcomes[j] = nodes.yes[i]
             self.yes += 1
@@ -263,6 +295,28 @@ class Round:
         if self.decision is _UNDECIDED:
             self._maybe_decide()
 
+    def _count_by_futures(self) -> None:
+        """A node called ``on_done`` with a future its ``submit()`` did not
+        return (a wrapper that hands the hook on to an inner node breaks the
+        :class:`~._node.Node` contract so): count the requests still pending
+        by their own futures instead, as each settles, so that the round
+        still decides."""
+        if not self._nodes.warned_hook:
+            self._nodes.warned_hook = True
+            logger.warning(
+                "a node called on_done with a future other than the one its "
+                "submit() returned (see Node.submit); its votes are counted "
+                "from its own futures, a turn of the loop later"
+            )
+        for j, reply in enumerate(self.replies):
+            if self.outcomes[j].vote is _PENDING:
+                reply.add_done_callback(self._on_own_future)
+
+    def _on_own_future(self, fut: asyncio.Future[Any]) -> None:
+        j = self.replies.index(fut)
+        if self.outcomes[j].vote is _PENDING:  # not counted yet
+            self._on_reply(fut)
+
     def _count_failure(self, j: int, i: int, fut: asyncio.Future[Any]) -> None:
         outcome = _failure(self._nodes.nodes[i], fut, self._command.script)
         # A cancellation of ours (closing) says nothing of the node.
@@ -284,12 +338,11 @@ class Round:
     def _maybe_decide(self) -> None:
         if self._wait_all:
             self._decide_all()
-        else:
-            decision = decide(
-                self._asked, self._needed, self.yes, self._refused + self._failed
-            )
-            if decision is not _UNDECIDED:
-                self._decide(decision)
+        # _quorum.decide(), inlined (once per reply)
+        elif self.yes >= self._needed:
+            self._decide(_REACHED)
+        elif self._asked - self._refused - self._failed < self._needed:
+            self._decide(_FAILED)
 
     def _decide_all(self) -> None:
         """With ``wait_all``: decide once every node is done, or once enough
@@ -312,11 +365,13 @@ class Round:
         (redis-py's pool), or if no node said yes."""
         begun = self._begun
         earliest = _INF
-        replies = self.replies
-        # Indexing, not zip(..., strict=True), which costs twice as much here.
-        for j, outcome in enumerate(self.outcomes):
+        # zip() without strict=True, which costs twice as much here: one
+        # outcome per request, by construction.
+        for fut, outcome in zip(self.replies, self.outcomes):  # noqa: B905
             if outcome.vote is _YES:
-                earliest = min(earliest, getattr(replies[j], "sent_at", begun))
+                sent_at = getattr(fut, "sent_at", begun)
+                if sent_at < earliest:  # noqa: PLR1730 - min() is a call more
+                    earliest = sent_at
         if earliest == _INF:
             return 0.0
         return max(0.0, earliest - begun)

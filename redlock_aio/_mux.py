@@ -164,13 +164,15 @@ class PendingReply(asyncio.Future[Any]):
     conn: _Connection | None
     #: loop time at which it is due; infinite until written
     deadline: float
+    #: times the backlog grace was given (unset until the first: a store
+    #: fewer per request, as for ``reloaded``)
     graces: int
     #: ``conn.answered`` when it was written; -1 until then
     mark: int
     node: MuxNode
     not_after: float
     on_done: OnDone | None
-    #: written again after NOSCRIPT (once only)
+    #: written again after NOSCRIPT (once only); unset until then
     reloaded: bool
     #: loop time just before its bytes were handed to the transport (the node
     #: cannot have run it earlier); infinite until then
@@ -551,12 +553,12 @@ class _Connection(asyncio.Protocol):
                 )
                 return
             if (
-                fut.graces < BACKLOG_GRACE
+                getattr(fut, "graces", 0) < BACKLOG_GRACE
                 and now - answered_at < fut.timeout
                 and now < fut.not_after
             ):
                 # Busy, not stuck: the node answers this client's backlog.
-                fut.graces += 1
+                fut.graces = getattr(fut, "graces", 0) + 1
                 fut.deadline = min(now + fut.timeout, fut.not_after)
                 next_at = min(next_at, fut.deadline)
                 continue
@@ -587,7 +589,7 @@ class _Connection(asyncio.Protocol):
                         fut.set_result(reply)
                     elif (
                         isinstance(reply, NoScriptError)
-                        and not fut.reloaded
+                        and not getattr(fut, "reloaded", False)
                         and fut.command is not None
                         and fut.command.script is not None
                     ):
@@ -973,15 +975,15 @@ class MuxNode:
         after: asyncio.Future[object] | None = None,
         on_done: OnDone | None = None,
         not_after: float | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> asyncio.Future[object]:
-        loop = _get_running_loop()
+        if loop is None:
+            loop = _get_running_loop()
         fut = PendingReply(loop=loop)
         fut.command = command
         fut.node = self
         fut.timeout = timeout
         fut.not_after = limit = _INF if not_after is None else not_after
-        fut.graces = 0
-        fut.reloaded = False
         fut.on_done = on_done
         conn = self._conn
         if (
@@ -995,13 +997,11 @@ class MuxNode:
             # The common case, in one frame (it is most of a lock's client
             # CPU): an open connection of this loop, room in the window. What
             # _send_or_queue, send, _send_now and _stamp do.
-            transport = conn._transport
+            # Not None: a connection loses its transport only with a failure.
+            transport: asyncio.Transport = conn._transport  # type: ignore[assignment]
             waiters = conn._waiters
-            if (
-                transport is not None
-                and len(waiters) < WINDOW
-                and not transport.is_closing()
-            ):
+            depth = len(waiters)
+            if depth < WINDOW and not transport.is_closing():
                 fut.conn = conn
                 corked = conn._corked
                 if corked is not None:
@@ -1024,7 +1024,7 @@ class MuxNode:
                 if deadline < conn._timer_at:
                     conn._arm(deadline)
                 waiters.append(fut)
-                if len(waiters) > CORK_DEPTH:
+                if depth >= CORK_DEPTH:
                     conn._cork()
                 return fut
         fut.conn = None

@@ -52,6 +52,7 @@ class Node(Protocol):
         after: asyncio.Future[object] | None = None,
         on_done: OnDone | None = None,
         not_after: float | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> asyncio.Future[object]:
         """Send ``command`` and return the future of its raw reply, at once
         (no await: requests to every node go out in the same turn).
@@ -63,10 +64,14 @@ class Node(Protocol):
         :param after: the future of an earlier request of the same lock on
             this node: this one is answered after it (a release never
             overtakes a late ``SET``).
-        :param on_done: called with the future once it is done.
+        :param on_done: called once the future is done, with that very future
+            (the one returned here: a round finds its request by it).
         :param not_after: an event-loop time after which the request fails
             whatever the backlog (an extension cannot count after the lock's
             deadline).
+        :param loop: the running event loop, if the caller has it at hand (a
+            round does): spares looking it up, a system call per request on
+            Python 3.11. A node that has no use for it ignores it.
 
         Failures (connection, error replies) fail the future with the
         exception; cancelling the future abandons the request.
@@ -86,11 +91,13 @@ def submit_as_task(
     after: asyncio.Future[object] | None,
     on_done: OnDone | None,
     not_after: float | None,
+    loop: asyncio.AbstractEventLoop | None,
 ) -> asyncio.Future[object]:
     """:meth:`Node.submit` for a node whose requests are coroutines
     (``execute(command)``): one task, which waits for ``after``, then runs the
     request under ``timeout`` (never past ``not_after``)."""
-    loop = asyncio.get_running_loop()
+    if loop is None:
+        loop = asyncio.get_running_loop()
     if not_after is not None:
         timeout = min(timeout, max(0.0, not_after - loop.time()))
     task: asyncio.Task[object] = loop.create_task(

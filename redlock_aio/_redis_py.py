@@ -110,6 +110,7 @@ class RedisNode:
         after: asyncio.Future[object] | None = None,
         on_done: OnDone | None = None,
         not_after: float | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> asyncio.Future[object]:
         return submit_as_task(
             self._execute,
@@ -118,6 +119,7 @@ class RedisNode:
             after=after,
             on_done=on_done,
             not_after=not_after,
+            loop=loop,
         )
 
     async def _execute(self, command: Command) -> object:

@@ -3,7 +3,7 @@
 Acquire:
 
 1. A fresh 20-byte token from the OS's CSPRNG (:func:`os.urandom`, as
-   :mod:`secrets` uses) for each attempt.
+   :mod:`secrets` uses, read in bulk: :mod:`._tokens`) for each attempt.
 2. ``SET key token NX PX ttl`` (with the restart quarantine's marker check) to
    every node at once, each under the per-node timeout; the attempt is decided
    as soon as a quorum said yes or cannot.
@@ -33,14 +33,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import sys
 import time
 from functools import partial
+from threading import get_ident
 from typing import TYPE_CHECKING, Any, final
 
-from . import _commands, _config
+from . import _commands, _config, _forks
 from ._config import Settings, TermsCache, short_repr, ttl_ms
 from ._context import LockContext
 from ._errors import (
@@ -68,6 +68,7 @@ from ._nodes import NodeSpec, make_nodes, warn_if_weak
 from ._notify import Closing, Wakeup
 from ._quorum import Decision, NodeOutcome, Renewal, Vote, backoff, renewal
 from ._scripts import MARKER, channel
+from ._tokens import TokenSource
 
 if sys.version_info >= (3, 11):
     from typing import Self
@@ -171,8 +172,12 @@ class AsyncRedlock:
         self._marker: bytes | None = (
             None if restart_quarantine == 0 else self.settings.key_prefix + MARKER
         )
-        # The event loop this client is used from, once it has been.
+        # The event loop this client is used from, once it has been, and the
+        # thread and fork generation it runs in (see _check_loop).
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._loop_forks = -1
+        self._tokens = TokenSource()
         # acquire() calls under way, and what aclose() waits on for them.
         self._acquiring = 0
         # Set when aclose() begins (wakes acquires between attempts); resolved
@@ -236,8 +241,7 @@ class AsyncRedlock:
         try:
             while True:
                 attempt += 1
-                # What secrets.token_bytes(20) returns, two frames sooner.
-                token = os.urandom(20)
+                token = self._tokens.take()
                 start = self.clock()
                 rnd = Round(
                     self._nodes,
@@ -679,8 +683,21 @@ class AsyncRedlock:
     def _check_loop(self) -> asyncio.AbstractEventLoop | None:
         """An AsyncRedlock lives in one event loop: its connections, timers
         and tasks belong to the loop it was first used in. The running loop
-        (None outside one), for the rounds of the call: on Python 3.11 every
-        ``get_running_loop()`` is a system call (``getpid``)."""
+        (None outside one), for the rounds of the call.
+
+        On Python 3.11 ``get_running_loop()`` is a system call (``getpid``),
+        asked once here, not per request; and not at all when the client's
+        loop is running in this thread (this process, not a fork of it): one
+        thread runs one loop at a time, and while it runs, every line of
+        Python in that thread runs inside it."""
+        loop = self._loop
+        if (
+            loop is not None
+            and self._loop_thread == get_ident()
+            and self._loop_forks == _forks.generation
+            and loop.is_running()
+        ):
+            return loop
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -707,6 +724,8 @@ class AsyncRedlock:
                     "or in a fixture of the same loop scope as its tests)"
                 )
             self._loop = loop
+            self._loop_thread = get_ident()
+            self._loop_forks = _forks.generation
         return loop
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:

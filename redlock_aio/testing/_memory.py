@@ -67,6 +67,7 @@ class InMemoryNode:
         after: asyncio.Future[object] | None = None,
         on_done: OnDone | None = None,
         not_after: float | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> asyncio.Future[object]:
         return submit_as_task(
             self._execute,
@@ -75,6 +76,7 @@ class InMemoryNode:
             after=after,
             on_done=on_done,
             not_after=not_after,
+            loop=loop,
         )
 
     async def aclose(self) -> None:

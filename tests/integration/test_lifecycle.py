@@ -4,6 +4,7 @@ pub/sub connection's failures."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -88,6 +89,37 @@ def test_a_second_event_loop_gets_a_clear_error(cluster: LocalCluster) -> None:
         first.run_until_complete(rl.aclose())
     finally:
         first.close()
+
+
+def test_a_client_whose_loop_runs_in_another_thread_refuses_this_one(
+    cluster: LocalCluster,
+) -> None:
+    """The check that a call comes from the client's own loop skips asking
+    for the running loop when the client's loop is running in the caller's
+    thread; a caller in another thread, with a loop of its own, is still
+    refused while the client's loop runs."""
+    rl = AsyncRedlock(cluster.urls, ttl=5.0, node_timeout=1.0)
+    own = asyncio.new_event_loop()
+    thread = threading.Thread(target=own.run_forever)
+    thread.start()
+    try:
+
+        async def use() -> None:
+            await (await rl.acquire("r")).release()
+
+        asyncio.run_coroutine_threadsafe(use(), own).result(30)
+
+        async def from_another_thread() -> None:
+            with pytest.raises(RedlockError, match="another event loop"):
+                await rl.acquire("r")
+
+        asyncio.run(asyncio.wait_for(from_another_thread(), 30))
+        asyncio.run_coroutine_threadsafe(use(), own).result(30)  # still fine
+        asyncio.run_coroutine_threadsafe(rl.aclose(), own).result(30)
+    finally:
+        own.call_soon_threadsafe(own.stop)
+        thread.join(30)
+        own.close()
 
 
 async def test_a_pub_sub_protocol_error_closes_that_connection_quietly() -> None:

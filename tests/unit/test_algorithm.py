@@ -4,7 +4,7 @@ arithmetic, quorum decisions, cleanup, extension and loss, with no sockets."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -20,6 +20,9 @@ from redlock_aio import (
 )
 
 from .fakes import FakeClock, FakeNode, fake_nodes
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 def make(nodes: list[FakeNode], clock: FakeClock, **kwargs: object) -> AsyncRedlock:
@@ -438,27 +441,39 @@ class _StampedFuture(asyncio.Future[object]):
     sent_at: float
 
 
+def _copy_into(
+    outer: asyncio.Future[object],
+    on_done: Callable[[asyncio.Future[object]], None] | None = None,
+) -> Callable[[asyncio.Future[object]], None]:
+    """A done callback that settles ``outer`` as its future settled, then
+    calls ``on_done(outer)``."""
+
+    def copy(done: asyncio.Future[object]) -> None:
+        if done.cancelled():
+            outer.cancel()
+        elif done.exception() is not None:
+            outer.set_exception(done.exception())  # type: ignore[arg-type]
+        else:
+            outer.set_result(done.result())
+        if on_done is not None:
+            on_done(outer)
+
+    return copy
+
+
 class _StampingNode(FakeNode):
     """A fake node whose requests say when they were written (``sent_at``, as
     ``MuxNode``'s do): ``written_after`` seconds after they were made."""
 
     written_after: float = 0.0
 
-    def submit(self, command: object, **kwargs: object) -> asyncio.Future[object]:
+    def submit(self, command: object, **kwargs: Any) -> asyncio.Future[object]:
+        on_done = kwargs.pop("on_done", None)  # called with outer (the contract)
         inner = super().submit(command, **kwargs)  # type: ignore[arg-type]
         loop = asyncio.get_running_loop()
         outer = _StampedFuture(loop=loop)
         outer.sent_at = loop.time() + self.written_after
-
-        def copy(done: asyncio.Future[object]) -> None:
-            if done.cancelled():
-                outer.cancel()
-            elif done.exception() is not None:
-                outer.set_exception(done.exception())  # type: ignore[arg-type]
-            else:
-                outer.set_result(done.result())
-
-        inner.add_done_callback(copy)
+        inner.add_done_callback(_copy_into(outer, on_done))
         return outer
 
 
@@ -548,3 +563,31 @@ async def test_a_block_cancelled_as_it_ends_still_releases() -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
         assert all(not node.store for node in nodes)
+
+
+class _HookPassingNode(FakeNode):
+    """A wrapper that breaks the on_done contract: it hands the hook on to the
+    inner request, so the hook gets a future its submit() did not return."""
+
+    def submit(self, command: object, **kwargs: Any) -> asyncio.Future[object]:
+        inner = super().submit(command, **kwargs)  # type: ignore[arg-type]
+        outer: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        inner.add_done_callback(_copy_into(outer))
+        return outer
+
+
+async def test_a_node_that_calls_on_done_with_another_future_still_gets_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Rounds find a request by the future its hook is called with; a node
+    that breaks that contract gets a warning, once, and its votes are counted
+    from its own futures: the acquire and release still decide."""
+    clock = FakeClock()
+    nodes: list[FakeNode] = [_HookPassingNode(f"h{i}", clock) for i in range(3)]
+    async with make(nodes, clock) as rl:
+        for _ in range(2):
+            lock = await rl.acquire("r", blocking=False)
+            await lock.release()
+        assert all(b"r" not in node.store for node in nodes)
+    warnings = [r for r in caplog.records if "on_done" in r.getMessage()]
+    assert len(warnings) == 1
