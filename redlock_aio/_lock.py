@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from typing import TYPE_CHECKING, Any, Protocol, cast, final
+from typing import TYPE_CHECKING, Any, Protocol, final
 
 from ._config import short_repr
 
@@ -138,9 +138,10 @@ class Lock:
 
     def _latest_outcomes(self) -> Sequence[NodeOutcome]:
         """Per node, the outcome of this lock's latest request, as it comes."""
+        # (No typing.cast(): a call per release, at run time.)
         if self._row < 0:
-            return cast("Sequence[NodeOutcome]", self._outcomes)
-        return cast("OutcomeTable", self._outcomes).row(self._row)
+            return self._outcomes  # type: ignore[return-value]  # a sequence
+        return self._outcomes.row(self._row)  # type: ignore[union-attr]  # a table
 
     def remaining(self) -> float:
         """Seconds of validity left (0.0 once expired, lost or released)."""
