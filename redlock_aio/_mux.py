@@ -748,11 +748,21 @@ class _Connection(asyncio.Protocol):
         keep = (
             owed > 0 and patience > 0 and not self._buffered and retired < MAX_RETIRED
         )
+        # Releases waiting for room in the window, behind requests written
+        # here that may still run: they fail with the rest, but are written
+        # here too, behind those (see echo()).
+        behind = [
+            fut.command.resp
+            for fut in self._backlog
+            if fut.command is not None and fut.command.repeatable
+        ]
         self.fail(exc_type, message, keep_open=keep)
         if keep:
             self._owed = owed
             self._patience = patience
             self._timer = self._loop.call_later(patience * RETIRED_FOR, self.abort)
+            for data in behind:
+                self.echo(data)
 
     def echo(self, data: bytes) -> None:
         """Retired and still open: write ``data`` (a repeatable request) behind

@@ -787,14 +787,26 @@ class AsyncRedlock:
 def _in_flight_only(
     replies: list[asyncio.Future[Any]], none: tuple[None, ...]
 ) -> Sequence[asyncio.Future[Any] | None]:
-    """A new lock's latest requests, to order its next ones after: those still
-    in flight, None for the others (``none``, shared, once all are answered),
-    so that a held lock keeps no finished futures for the garbage collector
-    to scan (a quorum decides before the slowest node answers)."""
+    """A new lock's latest requests, to order its next ones after: those that
+    may still run on their node, None for the others (``none``, shared, once
+    all are answered), so that a held lock keeps no finished futures for the
+    garbage collector to scan (a quorum decides before the slowest node
+    answers).
+
+    A request may still run if it is in flight, or if it failed (timed out,
+    or failed with a connection retired while its node stalled: written, it
+    may run when the node wakes, and the release must then go behind it, see
+    ``MuxNode``'s ``_echo_behind``). Only an answer (or a cancellation of
+    ours, which is not sent) says it will not."""
     for fut in replies:
-        if not fut.done():
-            return tuple(None if f.done() else f for f in replies)
+        if not fut.done() or (not fut.cancelled() and fut.exception() is not None):
+            return tuple(None if _answered(f) else f for f in replies)
     return none
+
+
+def _answered(fut: asyncio.Future[Any]) -> bool:
+    """Whether ``fut``'s request is done with for good (see _in_flight_only)."""
+    return fut.done() and (fut.cancelled() or fut.exception() is None)
 
 
 def _after_all(

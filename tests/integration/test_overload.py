@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 from typing import TYPE_CHECKING
 
@@ -359,6 +360,28 @@ async def test_releases_written_before_a_node_stalls_still_run(
     assert lock_keys(cluster) == [0, 0, 0]
 
 
+@contextlib.asynccontextmanager
+async def _node0_asleep(
+    cluster: LocalCluster,
+) -> AsyncIterator[tuple[AsyncRedlock, asyncio.Future[object]]]:
+    """A warm client (TTL 60 s, per-node timeout 150 ms) whose new connections
+    wait for a set-up reply (CLIENT SETNAME, as AUTH would), and the request
+    that puts node 0 to sleep for a second on its own connection."""
+    urls = [f"{url}?client_name=ordered" for url in cluster.urls]
+    async with AsyncRedlock(
+        urls, ttl=60.0, node_timeout=0.15, restart_quarantine=0
+    ) as rl:
+        warm = await rl.acquire("warm")  # the connections are up
+        await warm.release()
+        node = rl.nodes[0]
+        assert isinstance(node, MuxNode)
+        stall = asyncio.ensure_future(node.execute("DEBUG", "SLEEP", "1"))
+        try:
+            yield rl, stall
+        finally:
+            await asyncio.gather(stall, return_exceptions=True)
+
+
 async def test_a_release_is_not_overtaken_by_a_set_that_failed_with_its_connection(
     cluster: LocalCluster,
 ) -> None:
@@ -369,15 +392,7 @@ async def test_a_release_is_not_overtaken_by_a_set_that_failed_with_its_connecti
     s here). Each release is now also written on the retired connection, right
     behind its SET."""
     count = 100
-    urls = [f"{url}?client_name=ordered" for url in cluster.urls]
-    async with AsyncRedlock(
-        urls, ttl=60.0, node_timeout=0.15, restart_quarantine=0
-    ) as rl:
-        warm = await rl.acquire("warm")  # the connections are up
-        await warm.release()
-        node = rl.nodes[0]
-        assert isinstance(node, MuxNode)
-        stall = asyncio.ensure_future(node.execute("DEBUG", "SLEEP", "1"))
+    async with _node0_asleep(cluster) as (rl, stall):
         locks = await asyncio.wait_for(
             asyncio.gather(*(rl.acquire(f"late:{i}") for i in range(count))),
             PATIENCE,
@@ -418,3 +433,28 @@ async def test_nothing_is_written_into_a_lost_connection(
         cluster[2].kill()
         await asyncio.wait_for(asyncio.gather(*tasks), PATIENCE)
     assert not [r for r in caplog.records if "socket.send() raised" in r.getMessage()]
+
+
+async def test_a_release_is_not_overtaken_by_a_set_that_failed_before_its_round_decided(
+    cluster: LocalCluster,
+) -> None:
+    """Regression: in a burst, node 0 stalled and its connection was retired
+    before the other two had answered the burst's backlog: its SETs failed
+    before their rounds were decided, so the new locks did not keep them as
+    requests to order the release after, and the releases (sent on a new
+    connection) were not written behind them on the retired one. The SETs ran
+    when the node woke, after their releases: keys stayed until the TTL (CI
+    once: 1,904 keys left by the burst test above)."""
+    count = 3000
+    async with _node0_asleep(cluster) as (rl, stall):
+        await asyncio.sleep(0.05)  # the node is asleep
+        locks = await asyncio.wait_for(
+            asyncio.gather(*(rl.acquire(f"early:{i}") for i in range(count))),
+            PATIENCE,
+        )
+        await asyncio.wait_for(
+            asyncio.gather(*(lock.release() for lock in locks)), PATIENCE
+        )
+        await asyncio.gather(stall, return_exceptions=True)
+        assert await _keys_left(cluster[0], "early:*", PATIENCE / 4) == 0
+    assert lock_keys(cluster) == [0, 0, 0]
