@@ -23,6 +23,10 @@ from ._resp import Arg, encode_command
 Decode: TypeAlias = Callable[[object], object]
 
 
+#: A :attr:`Command.yes` that no reply equals.
+NO_REPLY: Final = object()
+
+
 @final
 class Command:
     """One request, as every transport needs it.
@@ -62,7 +66,7 @@ class Command:
         decode: Decode,
         keys: tuple[bytes, ...] = (),
         script: str | None = None,
-        yes: object = None,
+        yes: object = NO_REPLY,
         urgent: bool = False,
         repeatable: bool = False,
     ) -> None:
@@ -75,16 +79,13 @@ class Command:
         self.script = script
         self.urgent = urgent
         self.repeatable = repeatable
-        self.yes = NO_REPLY if yes is None else yes
+        self.yes = yes
 
     def __repr__(self) -> str:
         return f"<Command {self.args[0]!r} keys={len(self.keys)}>"
 
 
 # -- decoders -------------------------------------------------------------------
-
-#: A :attr:`Command.yes` that no reply equals.
-NO_REPLY: Final = object()
 
 
 def _ok(reply: object) -> bool:

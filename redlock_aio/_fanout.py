@@ -338,11 +338,12 @@ class Round:
     def _maybe_decide(self) -> None:
         if self._wait_all:
             self._decide_all()
-        # _quorum.decide(), inlined (once per reply)
-        elif self.yes >= self._needed:
-            self._decide(_REACHED)
-        elif self._asked - self._refused - self._failed < self._needed:
-            self._decide(_FAILED)
+        else:
+            decision = decide(
+                self._asked, self._needed, self.yes, self._refused + self._failed
+            )
+            if decision is not _UNDECIDED:
+                self._decide(decision)
 
     def _decide_all(self) -> None:
         """With ``wait_all``: decide once every node is done, or once enough
