@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("redlock_aio")
 
 _get_running_loop = asyncio.get_running_loop
+_Future = asyncio.Future
 _INF = math.inf
 
 # Enum members as module constants: on Python 3.11 ``Vote.YES`` is an
@@ -167,6 +168,8 @@ class Round:
     :ivar decision: the outcome once decided (:attr:`decided` may have been
         cancelled by its waiter meanwhile).
     :ivar yes: the yes votes so far.
+    :ivar failures: the requests that failed, timed out or were cancelled so far.
+    :ivar unsettled: the requests not settled yet (neither answered nor failed).
     """
 
     __slots__ = (
@@ -175,9 +178,7 @@ class Round:
         "_begun",
         "_command",
         "_decode",
-        "_failed",
         "_index",
-        "_left",
         "_needed",
         "_nodes",
         "_refused",
@@ -186,8 +187,10 @@ class Round:
         "_yes_reply",
         "decided",
         "decision",
+        "failures",
         "outcomes",
         "replies",
+        "unsettled",
         "yes",
     )
 
@@ -215,23 +218,25 @@ class Round:
         self._wait_all = wait_all
         self._answered_before = answered_before
         self._needed = needed
-        self.yes = self._refused = self._failed = 0
-        self.decided: asyncio.Future[Decision] = loop.create_future()
+        self.yes = self._refused = self.failures = 0
+        # asyncio.Future itself, not loop.create_future(): a frame fewer
+        # (uvloop's create_future() makes the same asyncio.Future).
+        self.decided: asyncio.Future[Decision] = _Future(loop=loop)
         self.decision = _UNDECIDED
         self._watchers: list[asyncio.Future[Decision]] | None = None
-        node_list = nodes.nodes
         if only is None:
             self.outcomes: list[NodeOutcome] = list(nodes.pending)
-            ask: Sequence[Node] = node_list
-            index: Sequence[int] = nodes.index
+            ask: Sequence[Node] = nodes.nodes
+            self._index: Sequence[int] = nodes.index
         else:
             pending = nodes.pending
+            node_list = nodes.nodes
             self.outcomes = [pending[i] for i in only]
             ask = [node_list[i] for i in only]
-            index = only
-        self._index = index
-        self._left = self._asked = len(ask)
-        self.replies: list[asyncio.Future[Any]] = []
+            self._index = only
+        self.unsettled = self._asked = len(ask)
+        replies: list[asyncio.Future[Any]] = []
+        self.replies = replies
         if not ask:
             return
         nodes.rounds.add(self)
@@ -240,18 +245,31 @@ class Round:
         on_reply = self._on_reply
         if timeout < 0.0:  # noqa: PLR1730 - max() is a call more
             timeout = 0.0
-        replies = self.replies
-        for j, node in enumerate(ask):
-            replies.append(
-                node.submit(
-                    command,
-                    timeout=timeout,
-                    after=None if after is None else after[j],
-                    on_done=on_reply,
-                    not_after=not_after,
-                    loop=loop,
+        # Appended one by one (not a comprehension): a request that settles
+        # within its own submit() finds the ones before it listed.
+        if after is None:
+            for node in ask:
+                replies.append(  # noqa: PERF401
+                    node.submit(
+                        command,
+                        timeout=timeout,
+                        on_done=on_reply,
+                        not_after=not_after,
+                        loop=loop,
+                    )
                 )
-            )
+        else:
+            for j, node in enumerate(ask):
+                replies.append(
+                    node.submit(
+                        command,
+                        timeout=timeout,
+                        after=after[j],
+                        on_done=on_reply,
+                        not_after=not_after,
+                        loop=loop,
+                    )
+                )
 
     def _on_reply(self, fut: asyncio.Future[Any]) -> None:
         """A request settled: count its node's vote."""
@@ -265,15 +283,14 @@ class Round:
                 return
             # Settled within its own submit(), before it was listed: the last.
         i = self._index[j]  # node i of the client's
-        nodes = self._nodes
         try:
             reply = fut.result()
         except BaseException:  # noqa: BLE001 - failed, timed out or cancelled: not a vote
             self._count_failure(j, i, fut)
             return
+        nodes = self._nodes
         # The usual yes (``+OK``, ``1``) without calling the decoder.
-        vote = True if reply == self._yes_reply else self._decode(reply)
-        if vote is True:
+        if reply == self._yes_reply or (vote := self._decode(reply)) is True:
             self.outcomes[j] = nodes.yes[i]
             self.yes += 1
         elif vote is False:
@@ -289,7 +306,7 @@ class Round:
             return
         if nodes.failing[i]:
             nodes.recovered(i)
-        left = self._left = self._left - 1
+        left = self.unsettled = self.unsettled - 1
         if not left:
             nodes.rounds.discard(self)
         if self.decision is _UNDECIDED:
@@ -326,31 +343,30 @@ class Round:
         """Count a reply that is not an answer (an error, a timeout)."""
         nodes = self._nodes
         self.outcomes[j] = outcome
-        self._failed += 1
+        self.failures += 1
         if not ours:
             nodes.failed(i, outcome)
-        self._left -= 1
-        if not self._left:
+        self.unsettled -= 1
+        if not self.unsettled:
             nodes.rounds.discard(self)
         if self.decision is _UNDECIDED:
             self._maybe_decide()
 
     def _maybe_decide(self) -> None:
-        if self._wait_all:
-            self._decide_all()
-        else:
+        """Decide if the votes so far do: at quorum (see :func:`decide`), or
+        with ``wait_all`` once every node is done, or once enough answered and
+        the rest are excused."""
+        needed = self._needed
+        if not self._wait_all:
             decision = decide(
-                self._asked, self._needed, self.yes, self._refused + self._failed
+                self._asked, needed, self.yes, self._refused + self.failures
             )
             if decision is not _UNDECIDED:
                 self._decide(decision)
-
-    def _decide_all(self) -> None:
-        """With ``wait_all``: decide once every node is done, or once enough
-        answered and the rest are excused."""
-        needed = self._needed
-        answered = self.yes + self._refused  # self.answered, a call sooner
-        if not self._left or (answered >= needed and self._rest_excused()):
+        elif not self.unsettled or (
+            self.yes + self._refused >= needed  # self.answered, a call sooner
+            and self._rest_excused()
+        ):
             self._decide(_REACHED if self.yes >= needed else _FAILED)
 
     @property
@@ -370,12 +386,15 @@ class Round:
         # outcome per request, by construction.
         for fut, outcome in zip(self.replies, self.outcomes):  # noqa: B905
             if outcome.vote is _YES:
-                sent_at = getattr(fut, "sent_at", begun)
+                try:  # getattr(fut, "sent_at", begun), a call fewer
+                    sent_at = fut.sent_at  # type: ignore[attr-defined]
+                except AttributeError:
+                    sent_at = begun
                 if sent_at < earliest:  # noqa: PLR1730 - min() is a call more
                     earliest = sent_at
-        if earliest == _INF:
+        if earliest <= begun or earliest == _INF:
             return 0.0
-        return max(0.0, earliest - begun)
+        return earliest - begun
 
     def _rest_excused(self) -> bool:
         """Every node still pending failed, timed out or has not answered the

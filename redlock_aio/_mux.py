@@ -574,16 +574,27 @@ class _Connection(asyncio.Protocol):
             return
         reader = self._reader
         waiters = self._waiters
-        count = 0
         try:
             reader.feed(data)
             reply = reader.gets()
+            if reply is False:  # part of a reply
+                self._buffered += len(data)
+                if self._buffered > MAX_REPLY_BYTES:
+                    self.fail(
+                        ConnectionError,
+                        f"connection to {self._node.name} aborted: a reply of "
+                        f"over {MAX_REPLY_BYTES // 2**20} MB",
+                    )
+                return
+            self._buffered = 0
             while reply is not False:
-                count += 1
+                # Counted as it is read (not at the end): a hook may write a
+                # request, which is marked with the count (see _check).
+                self.answered += 1
                 fut = waiters.popleft()
                 if fut is None:
                     if self._set_up_reply(reply):
-                        return
+                        break
                 elif not fut.done():
                     if not isinstance(reply, Exception):
                         fut.set_result(reply)
@@ -612,22 +623,9 @@ class _Connection(asyncio.Protocol):
             what = "an unexpected reply" if isinstance(exc, IndexError) else exc
             self.fail(ConnectionError, f"protocol error from {self._node.name}: {what}")
             return
-        finally:
-            if count:
-                self.answered += count
-                self.answered_at = self._clock()
-        if count:
-            self._buffered = 0
-            if self._backlog:
-                self._refill()
-        else:
-            self._buffered += len(data)
-            if self._buffered > MAX_REPLY_BYTES:
-                self.fail(
-                    ConnectionError,
-                    f"connection to {self._node.name} aborted: a reply of over "
-                    f"{MAX_REPLY_BYTES // 2**20} MB",
-                )
+        self.answered_at = self._clock()
+        if self._backlog:
+            self._refill()
 
     def _refill(self) -> None:
         """Write the requests waiting for room in the window, in order, as far

@@ -270,7 +270,7 @@ class AsyncRedlock:
                             token,
                             terms,
                             valid_until,
-                            _in_flight_only(rnd.replies, self._no_requests),
+                            _in_flight_only(rnd, self._no_requests),
                             rnd.outcomes,
                         )
                         held = self._held
@@ -574,13 +574,16 @@ class AsyncRedlock:
                 "closed (its connections too); the keys expire by their TTL"
             )
         loop = self._check_loop()
+        last = lock._last_requests
         rnd = Round(
             self._nodes,
             _commands.release(lock.keys[0], lock.token, notify=True),
             timeout=lock._terms.node_timeout,
             needed=self.quorum,
             wait_all=True,
-            after=lock._last_requests,
+            # None for the shared tuple of Nones (nothing in flight): a lookup
+            # per request fewer.
+            after=None if last is self._no_requests else last,
             # Wait for the nodes that answered this lock's last request (by the
             # time the others are done); the release to one that was slow or
             # failing goes on in the background (after that request, bounded
@@ -785,7 +788,7 @@ class AsyncRedlock:
 
 
 def _in_flight_only(
-    replies: list[asyncio.Future[Any]], none: tuple[None, ...]
+    rnd: Round, none: tuple[None, ...]
 ) -> Sequence[asyncio.Future[Any] | None]:
     """A new lock's latest requests, to order its next ones after: those that
     may still run on their node, None for the others (``none``, shared, once
@@ -798,6 +801,9 @@ def _in_flight_only(
     may run when the node wakes, and the release must then go behind it, see
     ``MuxNode``'s ``_echo_behind``). Only an answer (or a cancellation of
     ours, which is not sent) says it will not."""
+    if not rnd.unsettled and not rnd.failures:
+        return none  # every request answered
+    replies = rnd.replies
     for fut in replies:
         if not fut.done() or (not fut.cancelled() and fut.exception() is not None):
             return tuple(None if _answered(f) else f for f in replies)
