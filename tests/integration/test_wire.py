@@ -27,6 +27,7 @@ from redlock_aio import (
     MuxNode,
     Node,
     _commands,
+    _mux,
     _scripts,
 )
 from redlock_aio._resp import encode_command
@@ -499,6 +500,37 @@ async def test_timed_out_request_on_a_stuck_node_aborts_and_recovers(
     await eventually(lambda: client_count(server) == 1)
     assert not other_tasks()
     server.command("DEL", "k")  # the cancelled SET may or may not have landed
+
+
+async def test_a_release_waiting_for_room_runs_behind_the_requests_of_a_retired_connection(
+    cluster: LocalCluster, node: MuxNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: a release waiting for room in the window when its node
+    stalled failed with the retired connection without being written, while
+    the SET ahead of it, written there, still ran when the node woke: its key
+    stayed until the TTL. It is now written on the retired connection too,
+    behind the SET (a release may run twice: it deletes only its own token)."""
+    server = cluster[0]
+    assert await node.execute("PING") == b"PONG"  # connected, nothing in flight
+    monkeypatch.setattr(_mux, "WINDOW", 2)
+    server.pause()
+    try:
+        requests = [
+            node.submit(_commands.set_nx(b"k1", b"t1", 60_000), timeout=0.2),
+            node.submit(_commands.set_nx(b"k2", b"t2", 60_000), timeout=0.2),
+            # The window is full: this one waits for room.
+            node.submit(_commands.release(b"k1", b"t1", notify=False), timeout=0.2),
+        ]
+        results = await asyncio.gather(*requests, return_exceptions=True)
+        assert all(isinstance(r, Exception) for r in results), results
+    finally:
+        server.resume()
+    # The retired connection closes once the node has answered all that was
+    # written on it: by then both SETs (and the release, if written) have run.
+    await eventually(lambda: client_count(server) == 0)
+    assert server.command("EXISTS", "k2") == 1  # the SETs ran after the stall
+    assert server.command("EXISTS", "k1") == 0  # and the release behind them
+    server.command("DEL", "k2")
 
 
 async def test_reply_racing_cancellation_keeps_the_connection(
