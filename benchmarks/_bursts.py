@@ -87,7 +87,7 @@ def rss_reset() -> tuple[float | None, bool]:
 
 class LogCount(logging.Handler):
     """Counts the ``redlock_aio`` logger's records into a row while attached:
-    ``warnings`` (kinds in ``_warnings``) and, with ``attempts``, the DEBUG
+    ``warnings`` (by message in ``_warnings``) and, with ``attempts``, the DEBUG
     line of each failed acquire attempt (``failed_attempts``)."""
 
     def __init__(self, row: dict[str, Any], *, attempts: bool) -> None:
@@ -103,7 +103,8 @@ class LogCount(logging.Handler):
         row = self.row
         if record.levelno >= logging.WARNING:
             row["warnings"] += 1
-            bump(row["_warnings"], str(record.msg)[:60])
+            # The message itself, not its template: which node, and why.
+            bump(row["_warnings"], record.getMessage()[:120])
         elif (
             self.attempts
             and record.levelno == logging.DEBUG
