@@ -247,29 +247,17 @@ class Round:
             timeout = 0.0
         # Appended one by one (not a comprehension): a request that settles
         # within its own submit() finds the ones before it listed.
-        if after is None:
-            for node in ask:
-                replies.append(  # noqa: PERF401
-                    node.submit(
-                        command,
-                        timeout=timeout,
-                        on_done=on_reply,
-                        not_after=not_after,
-                        loop=loop,
-                    )
+        for j, node in enumerate(ask):
+            replies.append(
+                node.submit(
+                    command,
+                    timeout=timeout,
+                    after=None if after is None else after[j],
+                    on_done=on_reply,
+                    not_after=not_after,
+                    loop=loop,
                 )
-        else:
-            for j, node in enumerate(ask):
-                replies.append(
-                    node.submit(
-                        command,
-                        timeout=timeout,
-                        after=after[j],
-                        on_done=on_reply,
-                        not_after=not_after,
-                        loop=loop,
-                    )
-                )
+            )
 
     def _on_reply(self, fut: asyncio.Future[Any]) -> None:
         """A request settled: count its node's vote."""

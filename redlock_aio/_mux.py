@@ -748,12 +748,16 @@ class _Connection(asyncio.Protocol):
         )
         # Releases waiting for room in the window, behind requests written
         # here that may still run: they fail with the rest, but are written
-        # here too, behind those (see echo()).
-        behind = [
-            fut.command.resp
-            for fut in self._backlog
-            if fut.command is not None and fut.command.repeatable
-        ]
+        # here too, behind those (see echo()). Read before fail() empties it.
+        behind = (
+            [
+                fut.command.resp
+                for fut in self._backlog
+                if fut.command is not None and fut.command.repeatable
+            ]
+            if keep
+            else []
+        )
         self.fail(exc_type, message, keep_open=keep)
         if keep:
             self._owed = owed

@@ -805,7 +805,7 @@ def _in_flight_only(
         return none  # every request answered
     replies = rnd.replies
     for fut in replies:
-        if not fut.done() or (not fut.cancelled() and fut.exception() is not None):
+        if not _answered(fut):
             return tuple(None if _answered(f) else f for f in replies)
     return none
 
